@@ -1,0 +1,41 @@
+"""Backends by name. Each is imported only when asked for, so optional engines cost nothing."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..exceptions import UnknownBackendError
+from .base import Backend, CallSpec, Capacity
+
+_REGISTRY: dict[str, str] = {"local": "hetfaas.backends.local:LocalBackend"}
+
+
+def register(name: str, target: str | type[Backend]) -> None:
+    """Register a backend by name: a ``"module:Class"`` path (imported lazily) or a class."""
+    if isinstance(target, type):
+        if not issubclass(target, Backend):
+            raise TypeError(f"{target!r} is not a hetfaas Backend subclass")
+        target = f"{target.__module__}:{target.__qualname__}"
+    if ":" not in target:
+        raise ValueError(f"backend target must be 'module:Class', got {target!r}")
+    _REGISTRY[name] = target
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **options: Any) -> Backend:
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise UnknownBackendError(name, list(_REGISTRY)) from None
+    module, _, cls_name = target.partition(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{target} is not a hetfaas Backend subclass")
+    return cls(**options)
+
+
+__all__ = ["Backend", "CallSpec", "Capacity", "available", "create", "register"]

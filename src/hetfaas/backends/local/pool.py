@@ -1,0 +1,658 @@
+"""The local backend: a warm pool of worker processes on this machine.
+
+One call, end to end:
+
+1. ``prepare`` (caller's thread): validate the resources against the machine, pickle the
+   function once (by digest) and the arguments (large buffers into shared memory).
+2. ``dispatch`` (caller's thread): queue the call and, when cores/GPUs are free and a worker
+   is idle, write it straight to that worker's socket; no dispatcher thread on the way.
+3. The worker pins itself to the call's cores, runs it, writes the reply.
+4. One reader thread receives replies, completes futures with timings, frees the resources
+   and sends queued calls to the worker that just became free (several per message when many
+   calls of the same kind wait).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import psutil
+
+from ... import serialize
+from ..._invocation import Timings
+from ..._resources import Resources
+from ...exceptions import (
+    CallTimeout,
+    ConfigurationError,
+    ExecutorShutdownError,
+    RemoteError,
+    RemoteTraceback,
+    ResourceError,
+    WorkerDied,
+)
+from ...shm import AttachCache, Segment, SegmentPool, segment_name, sweep, sweep_orphans
+from ..base import Backend, CallSpec, Capacity
+from . import protocol as P
+from .gpus import detect_gpus
+from .placement import impossible, place
+
+STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+MAX_CHUNK = 512
+_live_pools: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+
+
+class _Call:
+    __slots__ = (
+        "capture", "cold_ns", "data", "descs", "digest", "fn_name", "future", "leases",
+        "payload", "resources", "started", "t_bind", "t_disp", "t_ser", "t_submit",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.cold_ns = 0
+        self.started = False
+
+
+class _Worker:
+    __slots__ = (
+        "__weakref__",
+        "conn",
+        "cpus",
+        "deadline",
+        "gpu_share",
+        "gpus",
+        "idle_since",
+        "index",
+        "inflight",
+        "pid",
+        "proc",
+        "ready_ns",
+        "releases",
+        "shipped",
+        "spawned_ns",
+        "state",
+        "timed_out",
+    )  # fmt: skip
+
+    def __init__(self, index: int, gpus: tuple[int, ...]) -> None:
+        self.index = index
+        self.gpus = gpus
+        self.gpu_share = 0.0
+        self.cpus: tuple[int, ...] = ()
+        self.state = STARTING
+        self.inflight: deque[_Call] = deque()
+        self.shipped: set[bytes] = set()
+        self.releases: deque[str] = deque()
+        self.deadline = 0
+        self.timed_out = False
+        self.pid = 0
+        self.ready_ns = 0
+        self.idle_since = 0
+        self.spawned_ns = time.perf_counter_ns()
+
+
+class LocalBackend(Backend):
+    """Warm worker processes on this machine, each pinned to the cores of the call it runs.
+
+    Options: ``cpus`` (count or list of core ids; default: this process's affinity),
+    ``gpus`` (count or list of device ids; default: all visible), ``memory_mb`` (default:
+    the machine's), ``max_workers`` (default: the number of cores), ``keep_alive_s`` (idle
+    workers retire after this; default 300), ``capture_output`` (keep each call's stdout and
+    stderr on its future instead of printing them), ``preload`` (modules a new worker
+    imports while it cold-starts; default: torch/numpy when the caller has imported them).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        cpus: int | list[int] | None = None,
+        gpus: int | list[int] | None = None,
+        memory_mb: int | None = None,
+        max_workers: int | None = None,
+        keep_alive_s: float = 300.0,
+        capture_output: bool = False,
+        preload: list[str] | None = None,
+    ) -> None:
+        affinity = sorted(os.sched_getaffinity(0))
+        if cpus is None:
+            cores = affinity
+        elif isinstance(cpus, int):
+            if not 1 <= cpus <= len(affinity):
+                raise ConfigurationError(f"cpus={cpus}: this process may use {len(affinity)}")
+            cores = affinity[:cpus]
+        else:
+            cores = sorted(set(cpus))
+            if not cores or not set(cores) <= set(affinity):
+                raise ConfigurationError(f"cpus={cpus} must be a subset of {affinity}")
+        self.cores = tuple(cores)
+        self.gpu_ids, self.gpu_names, self._gpu_tokens = detect_gpus(gpus)
+        total_mb = psutil.virtual_memory().total // (1 << 20)
+        self.memory_mb = memory_mb or total_mb
+        self.max_workers = max_workers or len(self.cores)
+        if self.max_workers < 1:
+            raise ConfigurationError(f"max_workers must be >= 1, got {max_workers}")
+        self.keep_alive_ns = int(keep_alive_s * 1e9)
+        self.capture_output = capture_output
+        self.preload = preload
+        self._free_cpus = set(self.cores)
+        self._gpu_free = dict.fromkeys(self.gpu_ids, 1.0)
+        self._mem_free = self.memory_mb
+        self._queues: dict[bool, deque[_Call]] = {True: deque(), False: deque()}
+        self._workers: dict[int, _Worker] = {}
+        self._by_conn: dict[Connection, _Worker] = {}
+        self._lock = threading.RLock()
+        self._closing = False
+        self._closed = False
+        self._args = SegmentPool("a")
+        self._attach = AttachCache()
+        self._control = Segment.create(segment_name("c"), 4096)
+        self._max_index = 4096 // P.CONTROL_SLOT
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._reader = threading.Thread(target=self._read_loop, name="hetfaas-reader", daemon=True)
+        self._reader.start()
+        sweep_orphans()
+        _live_pools.add(self)
+
+    # ------------------------------------------------------------------ Backend API
+
+    def capacity(self) -> Capacity:
+        return Capacity(
+            len(self.cores), len(self.gpu_ids), self.gpu_names, self.max_workers, self.memory_mb
+        )
+
+    def prepare(self, spec: CallSpec) -> _Call:
+        res = spec.resources
+        why = impossible(res, len(self.cores), len(self.gpu_ids), self.memory_mb)
+        if why is not None:
+            raise ResourceError(why)
+        call = _Call()
+        call.t_submit = time.perf_counter_ns()
+        fn = spec.fn
+        call.fn_name = getattr(fn, "__qualname__", None) or repr(fn)
+        call.digest, call.payload = serialize.dump_function(fn)
+        sink = serialize.BufferSink(self._args)
+        call.data = serialize.dumps_call_args(call.fn_name, spec.args, spec.kwargs, sink)
+        call.descs = sink.descs
+        call.leases = sink.leases
+        call.resources = res
+        call.future = spec.future
+        call.capture = self.capture_output
+        call.t_ser = time.perf_counter_ns()
+        return call
+
+    def dispatch(self, prepared: list[Any]) -> None:
+        with self._lock:
+            if self._closing:
+                for call in prepared:
+                    self._release_args(call, ())
+                raise ExecutorShutdownError("this executor is shut down; it accepts no calls")
+            for call in prepared:
+                self._queues[call.resources.gpus > 0].append(call)
+            self._drain()
+
+    def warmup(self, n: int, resources: Resources) -> None:
+        """Start workers for ``resources`` until ``n`` exist, and wait until they are ready."""
+        why = impossible(resources, len(self.cores), len(self.gpu_ids), self.memory_mb)
+        if why is not None:
+            raise ResourceError(why)
+        n = min(n, self.max_workers)
+        with self._lock:
+            gpus = place(resources, set(self.cores), dict.fromkeys(self.gpu_ids, 1.0), 1 << 40)
+            key = gpus.gpus if gpus is not None else ()
+            have = [w for w in self._workers.values() if w.gpus == key]
+            for _ in range(n - len(have)):
+                if len(self._workers) >= self.max_workers and not self._evict_idle(key):
+                    break
+                have.append(self._spawn(key))
+        deadline = time.monotonic() + 120
+        while any(w.state == STARTING for w in have) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        dead = [w for w in have if w.state == DEAD]
+        if dead:
+            raise WorkerDied(f"{len(dead)} worker(s) died while starting")
+
+    def cancel_pending(self) -> None:
+        with self._lock:
+            for q in self._queues.values():
+                while q:
+                    call = q.popleft()
+                    call.future.cancel()
+                    self._release_args(call, ())
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closing = True
+        if cancel_futures:
+            self.cancel_pending()
+        if wait:
+            while True:
+                with self._lock:
+                    busy = any(self._queues.values()) or any(
+                        w.inflight for w in self._workers.values()
+                    )
+                if not busy:
+                    break
+                time.sleep(0.002)
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers.values())
+            for w in workers:
+                self._stop_worker(w)
+            self._poke()
+        for w in workers:
+            with contextlib.suppress(Exception):
+                w.proc.wait(timeout=2)
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+            sweep(f"hetfaas-{w.pid}-")
+        self._reader.join(timeout=5)
+        with self._lock:
+            for w in workers:
+                for call in w.inflight:
+                    self._fail(call, WorkerDied("executor shut down while the call ran"))
+            self.cancel_pending()
+        self._args.close()
+        self._control.unlink()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _live_pools.discard(self)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _drain(self) -> None:
+        """Send queued calls to free workers (lock held). Each queue is strict FIFO."""
+        for q in (self._queues[True], self._queues[False]):
+            while q:
+                call = q[0]
+                if call.future.cancelled():
+                    q.popleft()
+                    self._release_args(call, ())
+                    continue
+                got = self._place(call.resources)
+                if got is None:
+                    break
+                worker, placement = got
+                batch = [q.popleft()]
+                if call.resources.timeout_s is None and len(q) > 0:
+                    n_free = max(1, len(self._free_cpus) // call.resources.cpus + 1)
+                    chunk = min(MAX_CHUNK, len(q) // (2 * n_free) + 1)
+                    while len(batch) < chunk and q and q[0].resources == call.resources:
+                        batch.append(q.popleft())
+                self._bind(worker, batch, placement)
+
+    def _place(self, res: Resources) -> tuple[_Worker, Any] | None:
+        key_any = place(res, self._free_cpus, self._gpu_free, self._mem_free)
+        if key_any is None:
+            return None
+        gpus = key_any.gpus
+        candidates = [
+            w for w in self._workers.values()
+            if w.gpus == gpus and not w.inflight and w.state in (IDLE, STARTING)
+        ]  # fmt: skip
+        worker = None
+        if candidates:
+            candidates.sort(key=lambda w: (w.state != IDLE, w.index))
+            worker = candidates[0]
+        elif len(self._workers) < self.max_workers or self._evict_idle(gpus):
+            worker = self._spawn(gpus)
+        if worker is None:
+            return None
+        placement = place(res, self._free_cpus, self._gpu_free, self._mem_free, worker.cpus)
+        return worker, placement
+
+    def _evict_idle(self, keep: tuple[int, ...]) -> bool:
+        for w in self._workers.values():
+            if w.gpus != keep and not w.inflight and w.state == IDLE:
+                self._stop_worker(w)
+                return True
+        return False
+
+    def _bind(self, w: _Worker, batch: list[_Call], placement: Any) -> None:
+        res = batch[0].resources
+        self._free_cpus.difference_update(placement.cpus)
+        for d in placement.gpus:
+            self._gpu_free[d] -= placement.gpu_share
+        if res.memory_mb:
+            self._mem_free -= res.memory_mb
+        w.cpus = placement.cpus
+        w.gpu_share = placement.gpu_share
+        now = time.perf_counter_ns()
+        for call in batch:
+            call.t_bind = now
+        w.inflight.extend(batch)
+        if w.state == IDLE:
+            w.state = BUSY
+            self._send(w)
+
+    def _send(self, w: _Worker) -> None:
+        calls = []
+        for call in list(w.inflight):
+            if not call.started:
+                if not call.future.set_running_or_notify_cancel():
+                    w.inflight.remove(call)
+                    self._release_args(call, ())
+                    continue
+                call.started = True
+            payload = None if call.digest in w.shipped else call.payload
+            w.shipped.add(call.digest)
+            calls.append(
+                (call.future.seq, call.digest, payload, call.data, call.descs, w.cpus, call.capture)
+            )
+        if not calls:
+            self._finish_worker(w)
+            return
+        releases = [w.releases.popleft() for _ in range(len(w.releases))]
+        data = pickle.dumps((P.CALLS, calls, releases), protocol=5)
+        res = w.inflight[0].resources
+        t = time.perf_counter_ns()
+        for call in w.inflight:
+            call.t_disp = t
+        if res.timeout_s is not None:
+            w.deadline = t + int(res.timeout_s * 1e9)
+        try:
+            w.conn.send_bytes(data)
+        except OSError:
+            pass  # the reader sees the worker's death and settles its calls
+
+    def _finish_worker(self, w: _Worker) -> None:
+        """``w`` has no more calls: free what it held (lock held)."""
+        self._free_cpus.update(w.cpus)
+        for d in w.gpus:
+            if d in self._gpu_free:
+                self._gpu_free[d] = min(1.0, self._gpu_free[d] + w.gpu_share)
+        w.gpu_share = 0.0
+        w.deadline = 0
+        if w.state != DEAD:
+            w.state = IDLE
+            w.idle_since = time.perf_counter_ns()
+
+    def _release_args(self, call: _Call, retained: Any) -> None:
+        for seg in call.leases:
+            if seg.name in retained:
+                self._args.forget(seg)
+            else:
+                self._args.release(seg)
+        call.leases = []
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self, gpus: tuple[int, ...]) -> _Worker:
+        used = {w.index for w in self._workers.values()}
+        index = next(i for i in itertools.count() if i not in used)
+        if index >= self._max_index:
+            raise ResourceError("too many workers for the control segment")
+        w = _Worker(index, gpus)
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_tokens[d] for d in gpus)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+        paths = [p or os.getcwd() for p in sys.path]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        preload = self.preload
+        if preload is None:
+            preload = [m for m in ("numpy", "torch") if m in sys.modules]
+        w.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "hetfaas.backends.local.worker",
+                str(child.fileno()), str(index), self._control.name, ",".join(preload),
+            ],
+            pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        child.close()
+        w.conn = Connection(parent.detach())
+        w.pid = w.proc.pid
+        self._workers[index] = w
+        self._by_conn[w.conn] = w
+        self._poke()
+        return w
+
+    def _stop_worker(self, w: _Worker) -> None:
+        if w.state == DEAD:
+            return
+        with contextlib.suppress(OSError):
+            w.conn.send_bytes(pickle.dumps((P.EXIT,)))
+        w.state = DEAD
+        self._forget_worker(w)
+
+    def _forget_worker(self, w: _Worker) -> None:
+        self._workers.pop(w.index, None)
+        self._by_conn.pop(w.conn, None)
+        with contextlib.suppress(OSError):
+            w.conn.close()
+        self._attach.forget_prefix(f"hetfaas-{w.pid}-")
+
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _read_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed and not self._by_conn:
+                    return
+                conns: list[Any] = [*self._by_conn, self._wake_r]
+                timeout = self._next_timer()
+            try:
+                ready = wait(conns, timeout)
+            except OSError:
+                ready = []
+            for conn in ready:
+                if conn == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                w = self._by_conn.get(conn)
+                if w is None:
+                    continue
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError):
+                    self._on_death(w)
+                    continue
+                msg = pickle.loads(data)
+                if msg[0] == P.RESULTS:
+                    self._on_results(w, msg[1])
+                elif msg[0] == P.READY:
+                    self._on_ready(w, msg)
+            self._check_timers()
+
+    def _next_timer(self) -> float | None:
+        now = time.perf_counter_ns()
+        due = []
+        for w in self._workers.values():
+            if w.deadline:
+                due.append(w.deadline)
+            elif w.state == IDLE and self.keep_alive_ns:
+                due.append(w.idle_since + self.keep_alive_ns)
+        if not due:
+            return None
+        return max(0.0, (min(due) - now) / 1e9) + 0.001
+
+    def _check_timers(self) -> None:
+        now = time.perf_counter_ns()
+        with self._lock:
+            for w in list(self._workers.values()):
+                if w.deadline and now >= w.deadline and not w.timed_out:
+                    w.timed_out = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGKILL)
+                elif w.state == IDLE and now - w.idle_since >= self.keep_alive_ns:
+                    self._stop_worker(w)
+                    threading.Thread(target=w.proc.wait, daemon=True).start()
+
+    def _on_ready(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        with self._lock:
+            w.ready_ns = msg[2]
+            if w.state != STARTING:
+                return
+            if w.inflight:
+                now = time.perf_counter_ns()
+                for call in w.inflight:
+                    call.cold_ns = now - call.t_bind
+                w.state = BUSY
+                self._send(w)
+            else:
+                w.state = IDLE
+                w.idle_since = time.perf_counter_ns()
+            self._drain()
+
+    def _on_results(self, w: _Worker, replies: list[tuple[Any, ...]]) -> None:
+        done: list[tuple[_Call, tuple[Any, ...]]] = []
+        with self._lock:
+            for reply in replies:
+                call = w.inflight.popleft()
+                done.append((call, reply))
+            if not w.inflight:
+                self._finish_worker(w)
+                self._drain()  # hand the freed worker its next calls before delivering these
+        for call, reply in done:
+            self._complete(w, call, reply)
+
+    def _complete(self, w: _Worker, call: _Call, reply: tuple[Any, ...]) -> None:
+        (_, status, data, descs, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained,
+         recv_ns) = reply  # fmt: skip
+        fut = call.future
+        fut.stdout, fut.stderr = out, err
+        exc: BaseException | None = None
+        value = None
+        try:
+            if status == P.VALUE:
+                value = serialize.loads(data, descs, self._attach, self._track(w) if descs else None)
+            elif status == P.EXCEPTION:
+                exc, tb = pickle.loads(data)
+                exc.__cause__ = RemoteTraceback(tb)
+            else:
+                type_name, message, tb = pickle.loads(data)
+                exc = RemoteError(type_name, message, tb, fut.invocation_id)
+        except Exception as e:  # a result the caller cannot unpickle
+            exc = e
+        t_done = time.perf_counter_ns()
+        self._release_args(call, retained)
+        compute = end_ns - start_ns
+        cold = call.cold_ns + fn_load_ns
+        t_in = (call.t_ser - call.t_submit) + (recv_ns - call.t_disp) + (start_ns - deser_ns - fn_load_ns)
+        t_out = t_done - end_ns
+        total = t_done - call.t_submit
+        fut.timings = Timings(
+            (total - cold - t_in - compute - t_out) / 1e3, cold / 1e3, t_in / 1e3, compute / 1e3,
+            t_out / 1e3, total / 1e3, call.t_submit, start_ns, end_ns, t_done, w.index, w.pid,
+            w.cpus, w.gpus,
+        )  # fmt: skip
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
+
+    def _track(self, w: _Worker) -> Any:
+        pid, ref = w.pid, weakref.ref(w)
+
+        def on_view(view: Any, name: str) -> None:
+            weakref.finalize(view, _release_result, ref, pid, name)
+
+        return on_view
+
+    def _fail(self, call: _Call, exc: BaseException) -> None:
+        self._release_args(call, ())
+        fut = call.future
+        if not fut.done():
+            if not call.started and not fut.set_running_or_notify_cancel():
+                return
+            fut.set_exception(exc)
+
+    def _on_death(self, w: _Worker) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.proc.wait(timeout=5)
+        code = w.proc.poll()
+        with self._lock:
+            was_closing = w.state == DEAD
+            running_seq = struct.unpack_from("<q", self._control.mmap, w.index * P.CONTROL_SLOT)[0]
+            struct.pack_into("<qq", self._control.mmap, w.index * P.CONTROL_SLOT, 0, 0)
+            calls = list(w.inflight)
+            w.inflight.clear()
+            w.state = DEAD
+            self._finish_worker(w)
+            self._forget_worker(w)
+            sweep(f"hetfaas-{w.pid}-")
+            if not w.ready_ns:  # it never started: do not retry forever
+                for call in calls:
+                    self._fail(call, WorkerDied(
+                        f"a worker failed to start (exit code {code}) before running call "
+                        f"{call.future.invocation_id}; see its stderr above",
+                        call.future.invocation_id, code))
+                return
+            culprit = next((c for c in calls if c.future.seq == running_seq), None)
+            if culprit is None and calls and calls[0].started:
+                culprit = calls[0]
+            requeue = []
+            seen_culprit = False
+            for call in calls:
+                if call is culprit:
+                    seen_culprit = True
+                    self._fail(call, self._death_error(w, call, code))
+                elif not seen_culprit and culprit is not None:
+                    self._fail(call, WorkerDied(
+                        f"worker {w.index} (pid {w.pid}) finished call {call.future.invocation_id}"
+                        " but died before returning its result", call.future.invocation_id, code))
+                else:
+                    requeue.append(call)
+            for call in reversed(requeue):
+                self._queues[call.resources.gpus > 0].appendleft(call)
+            if not self._closing and not was_closing:
+                if len(self._workers) < self.max_workers:
+                    self._spawn(w.gpus)  # keep the pool as warm as it was
+                self._drain()
+
+    def _death_error(self, w: _Worker, call: _Call, code: int | None) -> BaseException:
+        iid = call.future.invocation_id
+        if w.timed_out:
+            return CallTimeout(
+                f"call {iid} ({call.fn_name}) ran past its timeout_s={call.resources.timeout_s}"
+                f"; its worker (pid {w.pid}) was killed",
+                iid,
+            )
+        how = f"exit code {code}"
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                how = f"killed by {signal.Signals(-code).name}"
+        return WorkerDied(
+            f"the worker running call {iid} ({call.fn_name}) died ({how}); the pool replaced "
+            "it. A segfault, os._exit or the kernel's OOM killer can cause this.",
+            iid,
+            code,
+        )
+
+
+def _release_result(ref: weakref.ref[_Worker], pid: int, name: str) -> None:
+    w = ref()
+    if w is not None and w.pid == pid and w.state != DEAD:
+        w.releases.append(name)
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for pool in list(_live_pools):
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,176 @@
+"""A warm worker of the local pool: ``python -m hetfaas.backends.local.worker FD INDEX CONTROL``.
+
+Started with ``subprocess`` rather than ``multiprocessing`` so the caller's ``__main__`` is
+never re-imported. It owns the cores it is pinned to for each call and the GPUs in its
+``CUDA_VISIBLE_DEVICES``; it keeps functions by digest and shared-memory mappings across calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import pickle
+import struct
+import sys
+import threading
+import time
+import traceback
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ... import serialize
+from ...shm import AttachCache, Segment, SegmentPool
+from . import protocol as P
+
+FLUSH_NS = 2_000_000  # replies of a batch are held at most this long
+FLUSH_COUNT = 256
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the caller is gone, even while a call is running."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+class Worker:
+    def __init__(self, conn: Connection, index: int, control: Segment) -> None:
+        self.conn = conn
+        self.index = index
+        self.control = control.mmap
+        self.functions: dict[bytes, Any] = {}
+        self.attach = AttachCache()
+        self.results = SegmentPool(f"r{index}", max_idle_bytes=2 << 30)
+        self.cpus: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
+
+    def pin(self, cpus: tuple[int, ...]) -> None:
+        if cpus and cpus != self.cpus:
+            os.sched_setaffinity(0, cpus)
+            self.cpus = cpus
+        n = str(len(self.cpus))
+        if os.environ.get("OMP_NUM_THREADS") != n:
+            os.environ["OMP_NUM_THREADS"] = n
+            os.environ["MKL_NUM_THREADS"] = n
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != len(self.cpus):
+            torch.set_num_threads(len(self.cpus))
+
+    def run(self) -> None:
+        recv, pack = self.conn.recv_bytes, struct.pack_into
+        while True:
+            try:
+                data = recv()
+            except (EOFError, OSError):
+                return
+            recv_ns = time.perf_counter_ns()
+            msg = pickle.loads(data)
+            if msg[0] == P.EXIT:
+                return
+            _, calls, releases = msg
+            for name in releases:
+                seg = self.results.get(name)
+                if seg is not None:
+                    self.results.release(seg)
+            pending: list[tuple[Any, ...]] = []
+            first = 0
+            for call in calls:
+                pack("<qq", self.control, self.index * P.CONTROL_SLOT, call[0], time.perf_counter_ns())
+                pending.append((*self.execute(call), recv_ns))
+                now = time.perf_counter_ns()
+                if not first:
+                    first = now
+                if len(pending) >= FLUSH_COUNT or now - first >= FLUSH_NS:
+                    self.conn.send_bytes(pickle.dumps((P.RESULTS, pending), protocol=5))
+                    pending, first = [], 0
+            if pending:
+                self.conn.send_bytes(pickle.dumps((P.RESULTS, pending), protocol=5))
+            pack("<qq", self.control, self.index * P.CONTROL_SLOT, 0, 0)
+
+    def execute(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
+        seq, digest, payload, data, descs, cpus, capture = call
+        deser_ns = time.perf_counter_ns()
+        fn_load_ns = 0
+        views: list[tuple[weakref.ref[Any], str]] = []
+        out = err = ""
+        start_ns = 0
+        try:
+            fn = self.functions.get(digest)
+            if fn is None:
+                if payload is None:
+                    raise RuntimeError("worker has no function for this digest (protocol error)")
+                fn = serialize.load_function(payload)
+                self.functions[digest] = fn
+                fn_load_ns = time.perf_counter_ns() - deser_ns
+            args, kwargs = serialize.loads(
+                data, descs, self.attach, lambda v, name: views.append((weakref.ref(v), name))
+            )
+            self.pin(cpus)
+            start_ns = time.perf_counter_ns()
+            if capture:
+                so, se = io.StringIO(), io.StringIO()
+                with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
+                    try:
+                        value = fn(*args, **kwargs)
+                    finally:
+                        out, err = so.getvalue(), se.getvalue()
+            else:
+                value = fn(*args, **kwargs)
+            end_ns = time.perf_counter_ns()
+            del args, kwargs
+            sink = serialize.BufferSink(self.results)
+            try:
+                rdata = serialize.dumps(value, sink, what=f"the result of {_name(fn)}")
+            finally:
+                del value
+            reply = (seq, P.VALUE, rdata, sink.descs)
+        except BaseException as exc:  # everything the function raises goes back to the caller
+            end_ns = time.perf_counter_ns()
+            start_ns = start_ns or end_ns
+            reply = (seq, *_encode_exception(exc), ())
+            exc.__traceback__ = None
+            del exc
+        retained = [name for ref, name in views if ref() is not None and "-a-" in name]
+        return (*reply, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained)
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _encode_exception(exc: BaseException) -> tuple[int, bytes]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, Exception):
+        try:
+            return P.EXCEPTION, serialize.cloudpickle.dumps((exc, tb), protocol=5)
+        except Exception:
+            pass
+    return P.EXCEPTION_TEXT, pickle.dumps((type(exc).__qualname__, str(exc), tb))
+
+
+def main(argv: list[str]) -> int:
+    fd, index, control_name = int(argv[0]), int(argv[1]), argv[2]
+    preload = [m for m in argv[3].split(",") if m] if len(argv) > 3 else []
+    conn = Connection(fd)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    t0 = time.perf_counter_ns()
+    for module in preload:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    worker = Worker(conn, index, Segment.attach(control_name))
+    worker.pin(worker.cpus)
+    conn.send_bytes(
+        pickle.dumps((P.READY, os.getpid(), time.perf_counter_ns(), time.perf_counter_ns() - t0))
+    )
+    try:
+        worker.run()
+    finally:
+        worker.results.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

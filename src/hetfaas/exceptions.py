@@ -1,0 +1,117 @@
+"""The one error tree of hetfaas.
+
+::
+
+    HetfaasError
+    ├── ConfigurationError            bad options, unknown backend name
+    │   └── UnknownBackendError       names the known backends
+    ├── ResourceError                 a Resources request that is malformed or can never fit
+    ├── SerializationError            a function, argument or result that cannot be pickled
+    ├── CallError                     a call that did not produce its result
+    │   ├── RemoteError               the function raised and its exception could not travel back
+    │   ├── CallTimeout               the call ran past its timeout_s; its worker was killed
+    │   ├── WorkerDied                the worker running the call died (crash, os._exit, OOM kill)
+    │   └── CallCancelled             the call was cancelled or its executor shut down first
+    └── ExecutorShutdownError         submit after shutdown
+
+An exception raised inside a function is re-raised in the caller with its own type when it can
+be pickled, with the remote traceback attached as ``__cause__`` (a :class:`RemoteTraceback`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+
+class HetfaasError(Exception):
+    """Base of every error hetfaas raises."""
+
+
+class ConfigurationError(HetfaasError, ValueError):
+    """An option given to an executor or backend is wrong."""
+
+
+class UnknownBackendError(ConfigurationError):
+    """A backend name that is not registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(f"unknown backend {name!r}; known backends: {', '.join(self.known)}")
+
+
+class ResourceError(HetfaasError, ValueError):
+    """A resource request that is malformed, or that this executor can never satisfy."""
+
+
+class SerializationError(HetfaasError, TypeError):
+    """A function, argument or result that cannot be pickled."""
+
+
+class CallError(HetfaasError):
+    """A call that did not produce its result."""
+
+    def __init__(self, message: str, invocation_id: str | None = None) -> None:
+        self.invocation_id = invocation_id
+        super().__init__(message)
+
+
+class RemoteError(CallError):
+    """The function raised an exception that could not be pickled back to the caller."""
+
+    def __init__(
+        self, type_name: str, message: str, traceback: str, invocation_id: str | None = None
+    ) -> None:
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback
+        super().__init__(f"{type_name}: {message}\n\nRemote traceback:\n{traceback}", invocation_id)
+
+
+class CallTimeout(CallError, TimeoutError):
+    """The call ran longer than its ``timeout_s``; the worker running it was killed."""
+
+
+class WorkerDied(CallError):
+    """The worker process running the call died before returning a result."""
+
+    def __init__(
+        self, message: str, invocation_id: str | None = None, exitcode: int | None = None
+    ) -> None:
+        self.exitcode = exitcode
+        super().__init__(message, invocation_id)
+
+
+class CallCancelled(CallError, concurrent.futures.CancelledError):
+    """The call was cancelled before it ran."""
+
+
+class ExecutorShutdownError(HetfaasError, RuntimeError):
+    """The executor was shut down; it accepts no more calls."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a traceback raised in a worker; set as ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return f"\n\nRemote traceback:\n\"\"\"\n{self.tb}\"\"\""
+
+
+__all__ = [
+    "CallCancelled",
+    "CallError",
+    "CallTimeout",
+    "ConfigurationError",
+    "ExecutorShutdownError",
+    "HetfaasError",
+    "RemoteError",
+    "RemoteTraceback",
+    "ResourceError",
+    "SerializationError",
+    "UnknownBackendError",
+    "WorkerDied",
+]
