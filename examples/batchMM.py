@@ -114,8 +114,10 @@ def main() -> int:
         for shape in shapes:
             A, B, ref = _inputs(shape)
             bare = study.bare_cpu(A, B, repeat, ref)
-            print(f"{'bare metal':<14} {study.shape_label(shape):<22} repeat={repeat:<5} "
-                  f"verified={bare['verified']}  time={bare['time_s']:.4f} s")
+            print(
+                f"{'bare metal':<14} {study.shape_label(shape):<22} repeat={repeat:<5} "
+                f"verified={bare['verified']}  time={bare['time_s']:.4f} s"
+            )
             results.append(call_singleCPU(ex, shape, repeat))
             results.append(call_multiCPU(ex, shape, repeat))
             results.append(call_GPU(ex, shape, repeat))

@@ -1,12 +1,23 @@
-"""Future: a concurrent.futures.Future that also knows its call id, state and timings."""
+"""Future: a concurrent.futures.Future that also knows its call id, state and timings.
+
+The condition variable of ``concurrent.futures.Future`` costs a few microseconds to make; most
+futures of a large ``map`` are never waited on while pending, so it is made only when a thread
+first waits (or ``concurrent.futures.wait`` looks at the future).
+"""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ._invocation import State, Timings
 
+_LAZY = threading.Lock()
+_FINISHED = "FINISHED"
+_DONE = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED})
 _STATES = {
     "PENDING": State.PENDING,
     "RUNNING": State.RUNNING,
@@ -22,35 +33,130 @@ class Future(cf.Future):  # type: ignore[type-arg]
     when the call ends) and the captured ``stdout``/``stderr`` when the executor captures them.
     """
 
-    def __init__(self, prefix: str, seq: int) -> None:
-        super().__init__()
+    def __init__(self, prefix: str, seq: int) -> None:  # no super().__init__: lazy condition
+        self._cond: threading.Condition | None = None
+        self._state = "PENDING"
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future], object]] = []
         self._prefix = prefix
         self.seq = seq
-        self.timings: Timings | None = None
-        self.stdout: str = ""
-        self.stderr: str = ""
+        self._timings: Timings | None = None
+        self._stamps: tuple[Any, ...] | None = None
+        self._waiter_hook: Callable[[Future, float | None], None] | None = None  # (fut, deadline)
+        self.stdout = ""
+        self.stderr = ""
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond = self._cond
+        if cond is None:
+            with _LAZY:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    # -------------------------------------------------------------- identity and timings
 
     @property
     def invocation_id(self) -> str:
         return f"{self._prefix}-{self.seq}"
 
     @property
+    def timings(self) -> Timings | None:
+        """Where the call's time went; None until it ends."""
+        if self._timings is None and self._stamps is not None:
+            s = self._stamps
+            self._timings = Timings(
+                s[0] / 1e3, s[1] / 1e3, s[2] / 1e3, s[3] / 1e3, s[4] / 1e3, s[5] / 1e3, *s[6:]
+            )
+        return self._timings
+
+    @timings.setter
+    def timings(self, value: Timings | None) -> None:
+        self._timings = value
+
+    @property
     def state(self) -> State:
-        with self._condition:
-            raw = self._state
-            if raw == "FINISHED":
-                return State.FAILED if self._exception is not None else State.COMPLETED
+        raw = self._state
+        if raw == _FINISHED:
+            return State.FAILED if self._exception is not None else State.COMPLETED
         return _STATES[raw]
 
     def __repr__(self) -> str:
         return f"<hetfaas.Future {self.invocation_id} {self.state}>"
 
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            return super().result(timeout)
-        except cf.CancelledError:
-            from .exceptions import CallCancelled
+    # -------------------------------------------------------------- fast paths
 
-            raise CallCancelled(
-                f"call {self.invocation_id} was cancelled before it ran", self.invocation_id
-            ) from None
+    def done(self) -> bool:
+        return self._state in _DONE
+
+    def cancelled(self) -> bool:
+        return self._state in ("CANCELLED", "CANCELLED_AND_NOTIFIED")
+
+    def running(self) -> bool:
+        return self._state == "RUNNING"
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self._cond is None:
+            with _LAZY:
+                if self._cond is None and self._state == "PENDING":
+                    self._state = "RUNNING"
+                    return True
+        return super().set_running_or_notify_cancel()
+
+    def _finish_fast(self, result: Any, exception: BaseException | None) -> bool:
+        with _LAZY:
+            if self._cond is not None:
+                return False
+            if self._state in _DONE:
+                raise cf.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._exception = exception
+            self._state = _FINISHED
+        self._invoke_callbacks()
+        return True
+
+    def set_result(self, result: Any) -> None:
+        if self._cond is None and self._finish_fast(result, None):
+            return
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if self._cond is None and self._finish_fast(None, exception):
+            return
+        super().set_exception(exception)
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state != _FINISHED:
+            timeout = self._help(timeout)
+            try:
+                return super().result(timeout)
+            except cf.CancelledError:
+                from .exceptions import CallCancelled
+
+                raise CallCancelled(
+                    f"call {self.invocation_id} was cancelled before it ran", self.invocation_id
+                ) from None
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # type: ignore[assignment]  # break the reference cycle
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state != _FINISHED:
+            timeout = self._help(timeout)
+        return super().exception(timeout)
+
+    def _help(self, timeout: float | None) -> float | None:
+        """Let the backend deliver results in this thread while it waits; the time left."""
+        hook = self._waiter_hook
+        if hook is None or self._state in _DONE:
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        hook(self, deadline)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -110,13 +110,20 @@ def _torch_facts(with_gpus: bool) -> dict[str, Any]:
     try:
         import torch
     except Exception as exc:  # absent or broken install
-        return {"torch": None, "torch_error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "torch": None,
+            "torch_error": f"{type(exc).__name__}: {exc}",
+            "gpus": [],
+            "cuda_version": None,
+        }
     facts: dict[str, Any] = {
         "torch": str(torch.__version__),
         "torch_threads": int(torch.get_num_threads()),
         "torch_interop_threads": int(torch.get_num_interop_threads()),
         "torch_cuda_build": getattr(torch.version, "cuda", None),
-        "mkldnn": bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()),
+        "mkldnn": bool(
+            getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
+        ),
         "gpus": [],
         "cuda_version": None,
     }

@@ -37,7 +37,12 @@ DEFAULT_SHAPES: tuple[Shape, ...] = tuple((bs, n, n, n) for n in SIZES for bs in
 DEFAULT_TABLE1_SHAPES: tuple[Shape, ...] = tuple((bs, 1000, 1000, 1000) for bs in BATCHES)
 DEFAULT_GPU_SHAPE: Shape = (200, 1000, 1000, 1000)
 
-QUICK_SHAPES: tuple[Shape, ...] = ((2, 16, 16, 16), (3, 16, 16, 16), (2, 48, 48, 48), (3, 48, 48, 48))
+QUICK_SHAPES: tuple[Shape, ...] = (
+    (2, 16, 16, 16),
+    (3, 16, 16, 16),
+    (2, 48, 48, 48),
+    (3, 48, 48, 48),
+)
 QUICK_TABLE1_SHAPES: tuple[Shape, ...] = ((2, 48, 48, 48), (3, 48, 48, 48))
 QUICK_GPU_SHAPE: Shape = (4, 64, 64, 64)
 QUICK_REPEAT = 3
@@ -68,7 +73,9 @@ def parse_shape(text: str) -> Shape:
     try:
         dims = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"bad shape {text!r}: expected bs x M x N x K, e.g. 5x100x100x100") from None
+        raise ValueError(
+            f"bad shape {text!r}: expected bs x M x N x K, e.g. 5x100x100x100"
+        ) from None
     if len(dims) != 4 or min(dims) < 1:
         raise ValueError(f"bad shape {text!r}: expected four positive ints bs x M x N x K")
     return dims  # type: ignore[return-value]
@@ -301,11 +308,15 @@ class Config:
             repeat=int(pick("repeat", QUICK_REPEAT, 1000)),
             runs=int(pick("runs", QUICK_RUNS, 5)),
             gpu_repeat=int(pick("gpu_repeat", QUICK_GPU_REPEAT, 5000)),
-            shapes=parse_shapes(shapes_arg) if shapes_arg else list(QUICK_SHAPES if quick else DEFAULT_SHAPES),
+            shapes=parse_shapes(shapes_arg)
+            if shapes_arg
+            else list(QUICK_SHAPES if quick else DEFAULT_SHAPES),
             table1_shapes=parse_shapes(t1_arg)
             if t1_arg
             else list(QUICK_TABLE1_SHAPES if quick else DEFAULT_TABLE1_SHAPES),
-            gpu_shape=parse_shape(gpu_arg) if gpu_arg else (QUICK_GPU_SHAPE if quick else DEFAULT_GPU_SHAPE),
+            gpu_shape=parse_shape(gpu_arg)
+            if gpu_arg
+            else (QUICK_GPU_SHAPE if quick else DEFAULT_GPU_SHAPE),
             quick=quick,
             seed=int(getattr(args, "seed", 0) or 0),
             backend=str(getattr(args, "backend", "local") or "local"),
@@ -494,23 +505,29 @@ def run_study(
             inputs[shape] = (A, B, reference(A, B))
         return inputs[shape]
 
-    measure: dict[str, Callable[..., dict[str, Any]]] = {
-        "bare_cpu": lambda A, B, r, ref: bare_cpu(A, B, r, ref),
-        "bare_gpu": lambda A, B, r, ref: bare_gpu(A, B, r, ref),
-        **{k: (lambda fn: lambda A, B, r, ref: fn(ex, A, B, r, ref))(fn) for k, fn in MEASURE.items()},
-    }
+    def measure(mode: str, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
+        if mode == "bare_cpu":
+            return bare_cpu(A, B, repeat, ref)
+        if mode == "bare_gpu":
+            return bare_gpu(A, B, repeat, ref)
+        return MEASURE[mode](ex, A, B, repeat, ref)
+
     total = cfg.runs * len(series)
     with _progress(progress) as bar:
         task = bar.add_task("bmm study", total=total)
         for run_index in range(cfg.runs):
             for s in series:
-                bar.update(task, description=f"run {run_index + 1}/{cfg.runs} {s.mode} {shape_key(s.shape)}")
+                bar.update(
+                    task,
+                    description=f"run {run_index + 1}/{cfg.runs} {s.mode} {shape_key(s.shape)}",
+                )
                 A, B, ref = get(s.shape)
-                trial = measure[s.mode](A, B, s.repeat, ref)
+                trial = measure(s.mode, A, B, s.repeat, ref)
                 trial["run"] = run_index
                 s.trials.append(trial)
                 if not trial["verified"]:
-                    say(f"VERIFICATION FAILED: {s.key} run {run_index} max|err|={trial['max_abs_err']}")
+                    err = trial["max_abs_err"]
+                    say(f"VERIFICATION FAILED: {s.key} run {run_index} max|err|={err}")
                 bar.advance(task)
     gpu_note = (
         NO_GPU
@@ -560,7 +577,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shapes",
         default=None,
-        help="tables 2/3 shapes, comma-separated bsxMxNxK (default: bs 5,10,15 x M=N=K 100,500,1000)",
+        help="tables 2/3 shapes, comma-separated bsxMxNxK "
+        "(default: bs 5,10,15 x M=N=K 100,500,1000)",
     )
     parser.add_argument(
         "--table1-shapes",
@@ -569,17 +587,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table 1 shapes (default 5x1000x1000x1000,10x1000x1000x1000,15x1000x1000x1000)",
     )
     parser.add_argument(
-        "--gpu-repeat", dest="gpu_repeat", type=int, default=None, help="table 4 repeat (default 5000)"
+        "--gpu-repeat",
+        dest="gpu_repeat",
+        type=int,
+        default=None,
+        help="table 4 repeat (default 5000)",
     )
     parser.add_argument(
-        "--gpu-shape", dest="gpu_shape", default=None, help="table 4 shape (default 200x1000x1000x1000)"
+        "--gpu-shape",
+        dest="gpu_shape",
+        default=None,
+        help="table 4 shape (default 200x1000x1000x1000)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and repeat (seconds)")
     parser.add_argument("--out", default="results/bmm", help="output folder (default results/bmm)")
     parser.add_argument("--json", action="store_true", help="print the results JSON to stdout")
     parser.add_argument("--backend", default="local", help="executor backend (default local)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    parser.add_argument("--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -608,7 +635,9 @@ def run(args: argparse.Namespace) -> int:
             f"about {estimate_seconds(cfg, slots):.0f} s on the CPU at ~90 GFLOP/s per core"
         )
         results = run_study(cfg, ex, progress=show, log=log)
-    paths = report.write_report(results, getattr(args, "out", "results/bmm"), plots=not getattr(args, "no_plots", False))
+    paths = report.write_report(
+        results, getattr(args, "out", "results/bmm"), plots=not getattr(args, "no_plots", False)
+    )
     if as_json:
         json.dump(results, sys.stdout, indent=1, default=report.json_default)
         sys.stdout.write("\n")

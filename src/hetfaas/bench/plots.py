@@ -46,8 +46,14 @@ def _times(s: dict[str, Any] | None) -> list[float]:
     return [t["time_s"] for t in s["trials"]] if s else []
 
 
-def _spread_panel(ax: Any, results: dict[str, Any], shapes: list[list[int]], modes: list[str],
-                  repeat: int, title: str) -> None:
+def _spread_panel(
+    ax: Any,
+    results: dict[str, Any],
+    shapes: list[list[int]],
+    modes: list[str],
+    repeat: int,
+    title: str,
+) -> None:
     width = 0.8 / max(1, len(modes))
     for j, mode in enumerate(modes):
         xs, meds, lo, hi = [], [], [], []
@@ -63,8 +69,14 @@ def _spread_panel(ax: Any, results: dict[str, Any], shapes: list[list[int]], mod
             hi.append(max(ts) - med)
             ax.scatter([x] * len(ts), ts, s=10, color=COLORS.get(mode, "k"), alpha=0.6, zorder=3)
         if xs:
-            ax.bar(xs, meds, width=width * 0.9, color=COLORS.get(mode, "k"), alpha=0.45,
-                   label=mode.replace("_", " "))
+            ax.bar(
+                xs,
+                meds,
+                width=width * 0.9,
+                color=COLORS.get(mode, "k"),
+                alpha=0.45,
+                label=mode.replace("_", " "),
+            )
             ax.errorbar(xs, meds, yerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1)
     ax.set_xticks(range(len(shapes)))
     ax.set_xticklabels([label(s) for s in shapes], rotation=35, ha="right", fontsize=7)
@@ -81,12 +93,24 @@ def plot_times(results: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     cfg = results["config"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 2.5]})
-    _spread_panel(axes[0], results, cfg["table1_shapes"], ["bare_cpu", "single_cpu"],
-                  cfg["repeat"], f"Table 1: bare metal vs serverless (repeat {cfg['repeat']})")
+    _spread_panel(
+        axes[0],
+        results,
+        cfg["table1_shapes"],
+        ["bare_cpu", "single_cpu"],
+        cfg["repeat"],
+        f"Table 1: bare metal vs serverless (repeat {cfg['repeat']})",
+    )
     modes = ["single_cpu", "multi_cpu"] + (["gpu"] if results["gpu"]["available"] else [])
-    _spread_panel(axes[1], results, cfg["shapes"], modes, cfg["repeat"],
-                  f"Tables 2/3: single vs multiple CPUs{' vs GPU' if len(modes) > 2 else ''}"
-                  f" (repeat {cfg['repeat']}, {cfg['runs']} runs)")
+    _spread_panel(
+        axes[1],
+        results,
+        cfg["shapes"],
+        modes,
+        cfg["repeat"],
+        f"Tables 2/3: single vs multiple CPUs{' vs GPU' if len(modes) > 2 else ''}"
+        f" (repeat {cfg['repeat']}, {cfg['runs']} runs)",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -121,10 +145,25 @@ def plot_timeline(results: dict[str, Any], path: Path) -> Path | None:
         end = (c["finished_ns"] - t0) / 1e6
         sub = (c.get("submitted_ns", c["started_ns"]) - t0) / 1e6
         if start > sub:
-            ax.barh(y + 0.4, start - sub, left=sub, height=0.15, color="lightgrey",
-                    edgecolor="grey", hatch="//", lw=0.5)
-        ax.barh(y, end - start, left=start, height=0.6, color=cmap(c["index"] % 20),
-                edgecolor="black", lw=0.5)
+            ax.barh(
+                y + 0.4,
+                start - sub,
+                left=sub,
+                height=0.15,
+                color="lightgrey",
+                edgecolor="grey",
+                hatch="//",
+                lw=0.5,
+            )
+        ax.barh(
+            y,
+            end - start,
+            left=start,
+            height=0.6,
+            color=cmap(c["index"] % 20),
+            edgecolor="black",
+            lw=0.5,
+        )
         ax.text((start + end) / 2, y, str(c["index"]), ha="center", va="center", fontsize=7)
     ax.axvline((trial["t1_ns"] - t0) / 1e6, color="red", ls="--", lw=1, label="result in hand")
     labels = []

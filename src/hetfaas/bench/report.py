@@ -47,8 +47,15 @@ def stats(values: Iterable[float]) -> dict[str, float]:
     """n, mean, median, min, max, standard deviation and coefficient of variation."""
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not xs:
-        return {"n": 0, "mean": math.nan, "median": math.nan, "min": math.nan,
-                "max": math.nan, "std": math.nan, "cv": math.nan}
+        return {
+            "n": 0,
+            "mean": math.nan,
+            "median": math.nan,
+            "min": math.nan,
+            "max": math.nan,
+            "std": math.nan,
+            "cv": math.nan,
+        }
     mean = statistics.fmean(xs)
     std = statistics.stdev(xs) if len(xs) > 1 else 0.0
     return {
@@ -119,7 +126,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "verified": all(t["verified"] for t in s["trials"]) and bool(s["trials"]),
             "n_verified": sum(bool(t["verified"]) for t in s["trials"]),
             "verified_runs": [bool(t["verified"]) for t in s["trials"]],
-            "max_abs_err": max((t["max_abs_err"] or 0.0) for t in s["trials"]) if s["trials"] else None,
+            "max_abs_err": max((t["max_abs_err"] or 0.0) for t in s["trials"])
+            if s["trials"]
+            else None,
             "phases": {p: stats(c.get(p, math.nan) for c in calls) for p in (*PHASES, "total_us")},
             "overhead_us": stats(c["total_us"] - c["compute_us"] for c in calls if "total_us" in c),
             "workers": sorted({int(c.get("worker", -1)) for c in calls}),
@@ -207,15 +216,31 @@ def table1(results: dict[str, Any], summary: dict[str, Any]) -> str:
             b = bare["times"][i] if bare and i < len(bare["times"]) else None
             s = srv["times"][i] if srv and i < len(srv["times"]) else None
             over = s - b if (b is not None and s is not None) else None
-            rows.append([label(shape), str(i + 1), fmt_s(b), fmt_s(s), fmt_s(over),
-                         _trial_ok(srv, i)])
+            rows.append(
+                [label(shape), str(i + 1), fmt_s(b), fmt_s(s), fmt_s(over), _trial_ok(srv, i)]
+            )
         if bare and srv:
-            rows.append([label(shape), "**median**", f"**{fmt_s(bare['stats']['median'])}**",
-                         f"**{fmt_s(srv['stats']['median'])}**",
-                         f"**{fmt_s(srv['stats']['median'] - bare['stats']['median'])}**",
-                         _ok(srv)])
-    return _table(["[bs, M, N, K]", "Run", "Bare Metal Time (s)", "Serverless Call Time (s)",
-                   "Difference (s)", "Verified"], rows)
+            rows.append(
+                [
+                    label(shape),
+                    "**median**",
+                    f"**{fmt_s(bare['stats']['median'])}**",
+                    f"**{fmt_s(srv['stats']['median'])}**",
+                    f"**{fmt_s(srv['stats']['median'] - bare['stats']['median'])}**",
+                    _ok(srv),
+                ]
+            )
+    return _table(
+        [
+            "[bs, M, N, K]",
+            "Run",
+            "Bare Metal Time (s)",
+            "Serverless Call Time (s)",
+            "Difference (s)",
+            "Verified",
+        ],
+        rows,
+    )
 
 
 def _trial_ok(entry: dict[str, Any] | None, i: int) -> str:
@@ -242,8 +267,11 @@ def table2(results: dict[str, Any], summary: dict[str, Any], with_gpu: bool) -> 
         else:
             speed = sm / mm if sm and mm else None
             ideal = min(int(shape[0]), slots)
-            row += [f"{speed:.2f}x" if speed else "n/a", str(ideal),
-                    pct(speed / ideal) if speed else "n/a"]
+            row += [
+                f"{speed:.2f}x" if speed else "n/a",
+                str(ideal),
+                pct(speed / ideal) if speed else "n/a",
+            ]
         verified = [_ok(single), _ok(multi)]
         if with_gpu and gpu:
             verified.append(_ok(_get(summary, "gpu", shape, cfg["repeat"])))
@@ -261,22 +289,40 @@ def table4(results: dict[str, Any], summary: dict[str, Any]) -> str:
     cfg = results["config"]
     shape, rep = cfg["gpu_shape"], cfg["gpu_repeat"]
     if not results.get("gpu", {}).get("available"):
-        return _table(["[bs, M, N, K]", "Bare Metal GPU (s)", "Single GPU (s)", "Multiple GPUs (s)"],
-                      [[label(shape), NO_GPU, NO_GPU, NO_GPU]])
+        return _table(
+            ["[bs, M, N, K]", "Bare Metal GPU (s)", "Single GPU (s)", "Multiple GPUs (s)"],
+            [[label(shape), NO_GPU, NO_GPU, NO_GPU]],
+        )
     bare = _get(summary, "bare_gpu", shape, rep)
     one = _get(summary, "gpu", shape, rep)
     two = _get(summary, "multi_gpu", shape, rep)
     n = max(len(e["times"]) for e in (bare, one, two) if e)
     rows = []
     for i in range(n):
-        rows.append([label(shape), str(i + 1)] + [
-            fmt_s(e["times"][i]) if e and i < len(e["times"]) else "n/a" for e in (bare, one, two)
-        ] + [" / ".join(_ok(e) if e else "n/a" for e in (one, two))])
-    rows.append([label(shape), "**median**"] + [
-        f"**{fmt_s(e['stats']['median'])}**" if e else "n/a" for e in (bare, one, two)
-    ] + [""])
-    return _table(["[bs, M, N, K]", "Run", "Bare Metal GPU (s)", "Single GPU (s)",
-                   "Multiple GPUs (s)", "Verified (1 / 2 calls)"], rows)
+        rows.append(
+            [label(shape), str(i + 1)]
+            + [
+                fmt_s(e["times"][i]) if e and i < len(e["times"]) else "n/a"
+                for e in (bare, one, two)
+            ]
+            + [" / ".join(_ok(e) if e else "n/a" for e in (one, two))]
+        )
+    rows.append(
+        [label(shape), "**median**"]
+        + [f"**{fmt_s(e['stats']['median'])}**" if e else "n/a" for e in (bare, one, two)]
+        + [""]
+    )
+    return _table(
+        [
+            "[bs, M, N, K]",
+            "Run",
+            "Bare Metal GPU (s)",
+            "Single GPU (s)",
+            "Multiple GPUs (s)",
+            "Verified (1 / 2 calls)",
+        ],
+        rows,
+    )
 
 
 def breakdown(summary: dict[str, Any]) -> str:
@@ -286,27 +332,61 @@ def breakdown(summary: dict[str, Any]) -> str:
         for p in (*PHASES, "total_us"):
             st = m["phases"][p]
             share = st["mean"] / total if total else math.nan
-            rows.append([mode, PHASE_NAMES.get(p, "total"), fmt_ms(st["mean"]), fmt_ms(st["median"]),
-                         fmt_ms(st["max"]), pct(share) if p != "total_us" else "100%"])
-        rows.append([mode, "overhead (total - compute)", fmt_ms(m["overhead_us"]["mean"]),
-                     fmt_ms(m["overhead_us"]["median"]), fmt_ms(m["overhead_us"]["max"]),
-                     pct(m["overhead_us"]["mean"] / total if total else math.nan)])
-    return _table(["Mode", "Phase", "Mean (ms)", "Median (ms)", "Max (ms)", "Share of mean total"],
-                  rows)
+            rows.append(
+                [
+                    mode,
+                    PHASE_NAMES.get(p, "total"),
+                    fmt_ms(st["mean"]),
+                    fmt_ms(st["median"]),
+                    fmt_ms(st["max"]),
+                    pct(share) if p != "total_us" else "100%",
+                ]
+            )
+        rows.append(
+            [
+                mode,
+                "overhead (total - compute)",
+                fmt_ms(m["overhead_us"]["mean"]),
+                fmt_ms(m["overhead_us"]["median"]),
+                fmt_ms(m["overhead_us"]["max"]),
+                pct(m["overhead_us"]["mean"] / total if total else math.nan),
+            ]
+        )
+    return _table(
+        ["Mode", "Phase", "Mean (ms)", "Median (ms)", "Max (ms)", "Share of mean total"], rows
+    )
 
 
 def throughput(results: dict[str, Any], summary: dict[str, Any]) -> str:
     rows = []
     for e in summary["series"].values():
-        rows.append([e["mode"], label(e["shape"]), str(e["repeat"]), fmt_s(e["stats"]["median"]),
-                     f"{e['gflops']:.1f}",
-                     f"{e['inproc_gflops']:.1f}" if e["inproc_gflops"] else "n/a",
-                     str(e["parallel_ideal"]),
-                     pct(e["fraction_of_inproc"]) if e["fraction_of_inproc"] is not None else "n/a",
-                     pct(e["stats"]["cv"])])
-    return _table(["Mode", "[bs, M, N, K]", "Repeat", "Median (s)", "GFLOP/s",
-                   "In-process 1-thread torch.bmm (GFLOP/s)", "Cores used (ideal)",
-                   "Fraction of in-process rate x cores", "CV over runs"], rows)
+        rows.append(
+            [
+                e["mode"],
+                label(e["shape"]),
+                str(e["repeat"]),
+                fmt_s(e["stats"]["median"]),
+                f"{e['gflops']:.1f}",
+                f"{e['inproc_gflops']:.1f}" if e["inproc_gflops"] else "n/a",
+                str(e["parallel_ideal"]),
+                pct(e["fraction_of_inproc"]) if e["fraction_of_inproc"] is not None else "n/a",
+                pct(e["stats"]["cv"]),
+            ]
+        )
+    return _table(
+        [
+            "Mode",
+            "[bs, M, N, K]",
+            "Repeat",
+            "Median (s)",
+            "GFLOP/s",
+            "In-process 1-thread torch.bmm (GFLOP/s)",
+            "Cores used (ideal)",
+            "Fraction of in-process rate x cores",
+            "CV over runs",
+        ],
+        rows,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,11 +397,34 @@ def _phase_medians(entry: dict[str, Any]) -> dict[str, float]:
     return {p: entry["phases"][p]["median"] for p in PHASES}
 
 
+def cold_summary(cold: dict[str, Any]) -> dict[str, Any] | None:
+    """What the warm-up calls (a worker's first calls) cost, or None without any."""
+    calls = cold.get("warm_calls") or []
+    if not calls or cold.get("pool_warmup_s") is None:
+        return None
+    slowest = max(calls, key=lambda c: c.get("total_us", 0.0))
+    phase = max(PHASES, key=lambda p: slowest.get(p, 0.0))
+    return {
+        "n": len(calls),
+        "max_total_us": slowest.get("total_us", math.nan),
+        "median_total_us": statistics.median(c.get("total_us", 0.0) for c in calls),
+        "median_cold_start_us": statistics.median(c.get("cold_start_us", 0.0) for c in calls),
+        "slowest_phase": phase,
+        "slowest_phase_us": slowest.get(phase, math.nan),
+    }
+
+
 def discuss_table1(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     cfg = results["config"]
     out: list[str] = []
-    pairs = [(sh, _get(summary, "bare_cpu", sh, cfg["repeat"]),
-              _get(summary, "single_cpu", sh, cfg["repeat"])) for sh in cfg["table1_shapes"]]
+    pairs = [
+        (
+            sh,
+            _get(summary, "bare_cpu", sh, cfg["repeat"]),
+            _get(summary, "single_cpu", sh, cfg["repeat"]),
+        )
+        for sh in cfg["table1_shapes"]
+    ]
     pairs = [(sh, b, s) for sh, b, s in pairs if b and s]
     if not pairs:
         return ["Table 1 has no measurements."]
@@ -336,13 +439,14 @@ def discuss_table1(results: dict[str, Any], summary: dict[str, Any]) -> list[str
             f"- {label(sh)}: the serverless call took {fmt_s(sm)} s against {fmt_s(bm)} s bare "
             f"metal (median), {fmt_s(extra)} s more (+{pct(extra / bm)}). Inside "
             f"the call the function itself ran {fmt_s(ph['compute_us'] / 1e6)} s, "
-            f"{fmt_s(comp_gap)} s away from bare metal, and the serverless layer around it "
-            f"(total minus compute) took {fmt_ms(layer * 1e6)} ms, of which "
+            f"a difference of {fmt_s(comp_gap)} s from bare metal, and the serverless layer "
+            f"around it (total minus compute) took {fmt_ms(layer * 1e6)} ms, of which "
             f"{PHASE_NAMES[biggest]} was the largest part ({fmt_ms(ph[biggest])} ms median)."
         )
     layers = [s["overhead_us"]["median"] / 1e3 for _, _, s in pairs]
-    ratios = [(s["stats"]["median"] - b["stats"]["median"]) / b["stats"]["median"]
-              for _, b, s in pairs]
+    ratios = [
+        (s["stats"]["median"] - b["stats"]["median"]) / b["stats"]["median"] for _, b, s in pairs
+    ]
     out.append(
         f"- Across the {len(pairs)} shapes the serverless layer cost between {min(layers):.3g} "
         f"and {max(layers):.3g} ms per call while the work grew with bs, so the relative "
@@ -366,7 +470,8 @@ def discuss_variance(results: dict[str, Any], summary: dict[str, Any]) -> list[s
         if not (b and s):
             continue
         out.append(
-            f"- {label(sh)}: bare metal ranged {fmt_s(b['stats']['min'])}-{fmt_s(b['stats']['max'])} s "
+            f"- {label(sh)}: bare metal ranged {fmt_s(b['stats']['min'])}-"
+            f"{fmt_s(b['stats']['max'])} s "
             f"(CV {pct(b['stats']['cv'])}), serverless {fmt_s(s['stats']['min'])}-"
             f"{fmt_s(s['stats']['max'])} s (CV {pct(s['stats']['cv'])})."
         )
@@ -386,11 +491,13 @@ def discuss_variance(results: dict[str, Any], summary: dict[str, Any]) -> list[s
             f"- For single_cpu at {label(big['shape'])} the phase that moved most between runs "
             f"was {PHASE_NAMES[top]} (standard deviation {fmt_ms(stds[top])} ms, against "
             f"{fmt_ms(big['phases']['compute_us']['median'])} ms median compute): the spread "
-            + ("comes from the computation itself (other processes, caches, frequency, "
-               "a shared virtual machine) rather than from the serverless layer."
-               if top == "compute_us" else
-               "comes from the serverless layer (scheduling and data movement between "
-               "processes) more than from the computation.")
+            + (
+                "comes from the computation itself (other processes, caches, frequency, "
+                "a shared virtual machine) rather than from the serverless layer."
+                if top == "compute_us"
+                else "comes from the serverless layer (scheduling and data movement between "
+                "processes) more than from the computation."
+            )
         )
     load = results.get("load_avg_start")
     flags = results.get("machine", {}).get("cpu_flags", [])
@@ -398,8 +505,12 @@ def discuss_variance(results: dict[str, Any], summary: dict[str, Any]) -> list[s
         out.append(
             f"- The 1-minute load average was {load[0]} when the study started on "
             f"{results['capacity']['cpus']} cores"
-            + (", and the CPU reports the `hypervisor` flag (a virtual machine whose host may "
-               "run other tenants)." if "hypervisor" in flags else ".")
+            + (
+                ", and the CPU reports the `hypervisor` flag (a virtual machine whose host may "
+                "run other tenants)."
+                if "hypervisor" in flags
+                else "."
+            )
         )
     return out
 
@@ -428,7 +539,7 @@ def discuss_multi(results: dict[str, Any], summary: dict[str, Any]) -> list[str]
         f"efficiency {pct(best[3] / min(best[0][0], slots))}); worst: {worst[3]:.2f}x at "
         f"{label(worst[0])}."
     )
-    for sh, s, m, sp in rows:
+    for sh, _, m, sp in rows:
         if sp < 1:
             per_call = m["overhead_us"]["median"]
             comp = m["phases"]["compute_us"]["median"]
@@ -450,9 +561,11 @@ def discuss_gpu(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     cfg = results["config"]
     gpu = results.get("gpu", {})
     if not gpu.get("available"):
-        return [f"- {NO_GPU}: this machine has no GPU (capacity.gpus = "
-                f"{results['capacity']['gpus']}), so the GPU column of table 3 and table 4 "
-                "were not measured; the comparisons below cover the CPU designs only."]
+        return [
+            f"- {NO_GPU}: this machine has no GPU (capacity.gpus = "
+            f"{results['capacity']['gpus']}), so the GPU column of table 3 and table 4 "
+            "were not measured; the comparisons below cover the CPU designs only."
+        ]
     out = []
     for sh in cfg["shapes"]:
         s = _get(summary, "single_cpu", sh, cfg["repeat"])
@@ -460,7 +573,8 @@ def discuss_gpu(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         if s and g and g["stats"]["median"] > 0:
             out.append(
                 f"- {label(sh)}: GPU {fmt_s(g['stats']['median'])} s vs single CPU "
-                f"{fmt_s(s['stats']['median'])} s ({s['stats']['median'] / g['stats']['median']:.1f}x);"
+                f"{fmt_s(s['stats']['median'])} s "
+                f"({s['stats']['median'] / g['stats']['median']:.1f}x);"
                 f" the GPU call spent {fmt_ms(g['overhead_us']['median'])} ms outside the function."
             )
     return out
@@ -483,7 +597,8 @@ def discuss_pros_cons(results: dict[str, Any], summary: dict[str, Any]) -> list[
             key=lambda e: e["fraction_of_inproc"] or 0,
         )
         out.append(
-            f"- Multiple CPUs: uses up to {summary['slots']} cores (best {pct(best['fraction_of_inproc'])} "
+            f"- Multiple CPUs: uses up to {summary['slots']} cores "
+            f"(best {pct(best['fraction_of_inproc'])} "
             f"of the ideal in-process rate x cores at {label(best['shape'])}), but pays the "
             f"serverless cost once per matrix ({fmt_ms(m['overhead_us']['median'])} ms median per "
             f"call, {m['calls']} calls in all) and waits in the queue when bs exceeds the cores."
@@ -511,13 +626,14 @@ def discuss_when(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
             f"under 10% of a call the function must compute for at least {fmt_ms(9 * o)} ms."
         )
     cold = results.get("cold_start", {})
-    if cold.get("pool_warmup_s") is not None:
-        first = [c.get("cold_start_us", 0.0) for c in cold.get("warm_calls", [])]
+    cs = cold_summary(cold)
+    if cs:
+        warm_med = m["phases"]["total_us"]["median"] if m else math.nan
         out.append(
             f"- Starting {cold.get('cpu_workers')} workers took {fmt_s(cold['pool_warmup_s'])} s "
-            f"and loading a function in a worker the first time up to "
-            f"{fmt_ms(max(first) if first else math.nan)} ms: a pool kept warm pays this once, "
-            "a cold call pays it every time."
+            f"and a worker's first calls took up to {fmt_ms(cs['max_total_us'])} ms, against "
+            f"{fmt_ms(warm_med)} ms for a warm single-CPU call (median, compute included): a pool "
+            "kept warm pays the start once, a call that finds no warm worker pays it every time."
         )
     wins = []
     for sh in cfg["shapes"]:
@@ -555,7 +671,8 @@ def discuss_table4(results: dict[str, Any], summary: dict[str, Any]) -> list[str
         e = entries[m]
         if e and bare:
             out.append(
-                f"- {m}: {fmt_s(e['stats']['median'])} s median vs {fmt_s(bare['stats']['median'])} s "
+                f"- {m}: {fmt_s(e['stats']['median'])} s median vs "
+                f"{fmt_s(bare['stats']['median'])} s "
                 f"bare metal ({pct(e['stats']['median'] / bare['stats']['median'] - 1)} more); "
                 f"{fmt_ms(e['overhead_us']['median'])} ms per call outside the function "
                 f"(transfer in {fmt_ms(e['phases']['transfer_in_us']['median'])} ms, transfer out "
@@ -571,8 +688,9 @@ def discuss_table4(results: dict[str, Any], summary: dict[str, Any]) -> list[str
 # the documents
 
 
-def render_markdown(results: dict[str, Any], summary: dict[str, Any],
-                    plot_files: dict[str, str] | None = None) -> str:
+def render_markdown(
+    results: dict[str, Any], summary: dict[str, Any], plot_files: dict[str, str] | None = None
+) -> str:
     """The report as Markdown."""
     from hetfaas import machine
 
@@ -607,7 +725,10 @@ def render_markdown(results: dict[str, Any], summary: dict[str, Any],
     if not results["gpu"]["available"]:
         parts.append(f"{NO_GPU}: capacity.gpus = {cap['gpus']}; the GPU column is empty.\n\n")
     parts.append(table2(results, summary, with_gpu=True))
-    parts.append(f"\n## Table 4: GPU, shape {label(cfg['gpu_shape'])}, repeat {cfg['gpu_repeat']}, all runs\n\n")
+    parts.append(
+        f"\n## Table 4: GPU, shape {label(cfg['gpu_shape'])}, "
+        f"repeat {cfg['gpu_repeat']}, all runs\n\n"
+    )
     if not results["gpu"]["available"]:
         parts.append(f"{NO_GPU}: skipped (capacity.gpus = {cap['gpus']}).\n\n")
     else:
@@ -624,15 +745,17 @@ def render_markdown(results: dict[str, Any], summary: dict[str, Any],
     parts.append(f"\nThe five phases add up to the total of every call within {ok:.3g} us.\n")
     parts.append("\n## Cold start (excluded from the tables)\n\n")
     cold = results.get("cold_start", {})
-    warm = cold.get("warm_calls", [])
-    parts.append(
-        f"Starting {cold.get('cpu_workers')} CPU workers (`ex.warmup`) took "
-        f"{fmt_s(cold.get('pool_warmup_s'))} s. The first {len(warm)} calls (tiny inputs, which "
-        f"load the kernels in the workers) had a median cold-start phase of "
-        f"{fmt_ms(statistics.median([c.get('cold_start_us', 0.0) for c in warm]) if warm else None)} "
-        f"ms and a median total of "
-        f"{fmt_ms(statistics.median([c.get('total_us', 0.0) for c in warm]) if warm else None)} ms.\n"
-    )
+    cs = cold_summary(cold)
+    if cs:
+        parts.append(
+            f"Starting {cold.get('cpu_workers')} CPU workers (`ex.warmup`) took "
+            f"{fmt_s(cold.get('pool_warmup_s'))} s. Then {cs['n']} calls on tiny inputs loaded "
+            f"`bmm_single` and `mm_single` in the workers: they took up to "
+            f"{fmt_ms(cs['max_total_us'])} ms each (median {fmt_ms(cs['median_total_us'])} ms); "
+            f"the slowest spent most of it in {PHASE_NAMES[cs['slowest_phase']]} "
+            f"({fmt_ms(cs['slowest_phase_us'])} ms), and the cold-start phase had a median of "
+            f"{fmt_ms(cs['median_cold_start_us'])} ms. None of these calls is in the tables.\n"
+        )
     if cold.get("gpu_pool_warmup_s") is not None:
         parts.append(
             f"\nGPU workers: {fmt_s(cold['gpu_pool_warmup_s'])} s to start; CUDA initialisation "
@@ -660,17 +783,23 @@ def render_markdown(results: dict[str, Any], summary: dict[str, Any],
 def console_summary(results: dict[str, Any]) -> str:
     """A short plain-text summary for the terminal."""
     summary = summarize(results)
-    lines = [f"bmm study on {results['backend']}: repeat={results['config']['repeat']} "
-             f"runs={results['config']['runs']} in {results['elapsed_s']:.1f} s"]
+    lines = [
+        f"bmm study on {results['backend']}: repeat={results['config']['repeat']} "
+        f"runs={results['config']['runs']} in {results['elapsed_s']:.1f} s"
+    ]
     for e in summary["series"].values():
-        lines.append(f"  {e['mode']:<10} {label(e['shape']):<24} median {fmt_s(e['stats']['median']):>8} s"
-                     f"  CV {pct(e['stats']['cv']):>6}  verified {_ok(e)}")
+        lines.append(
+            f"  {e['mode']:<10} {label(e['shape']):<24} median {fmt_s(e['stats']['median']):>8} s"
+            f"  CV {pct(e['stats']['cv']):>6}  verified {_ok(e)}"
+        )
     if not results["gpu"]["available"]:
         lines.append(f"  GPU: {NO_GPU}")
     return "\n".join(lines)
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+def write_report(
+    results: dict[str, Any], out_dir: str | Path, plots: bool = True
+) -> dict[str, Path]:
     """Write ``results.json``, the plots and ``report.md`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ from typing import Any
 import psutil
 
 from ... import serialize
-from ..._invocation import Timings
 from ..._resources import Resources
 from ...exceptions import (
     CallTimeout,
@@ -52,7 +51,9 @@ from .gpus import detect_gpus
 from .placement import impossible, place
 
 STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+_READER = "reader-thread"
 MAX_CHUNK = 512
+BATCH_NS = 2_000_000
 _live_pools: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 
 
@@ -154,6 +155,7 @@ class LocalBackend(Backend):
         self._mem_free = self.memory_mb
         self._queues: dict[bool, deque[_Call]] = {True: deque(), False: deque()}
         self._workers: dict[int, _Worker] = {}
+        self._fn_ns: dict[bytes, float] = {}  # compute time per function (moving average)
         self._by_conn: dict[Connection, _Worker] = {}
         self._lock = threading.RLock()
         self._closing = False
@@ -164,6 +166,10 @@ class LocalBackend(Backend):
         self._max_index = 4096 // P.CONTROL_SLOT
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._role = threading.Lock()  # who may read the workers' sockets
+        self._role_owner: object = None
+        self._waiting = 0
+        self._last_wait = 0.0
         self._reader = threading.Thread(target=self._read_loop, name="hetfaas-reader", daemon=True)
         self._reader.start()
         sweep_orphans()
@@ -192,6 +198,7 @@ class LocalBackend(Backend):
         call.leases = sink.leases
         call.resources = res
         call.future = spec.future
+        spec.future._waiter_hook = self._wait_for
         call.capture = self.capture_output
         call.t_ser = time.perf_counter_ns()
         return call
@@ -293,12 +300,22 @@ class LocalBackend(Backend):
                     break
                 worker, placement = got
                 batch = [q.popleft()]
-                if call.resources.timeout_s is None and len(q) > 0:
-                    n_free = max(1, len(self._free_cpus) // call.resources.cpus + 1)
-                    chunk = min(MAX_CHUNK, len(q) // (2 * n_free) + 1)
-                    while len(batch) < chunk and q and q[0].resources == call.resources:
-                        batch.append(q.popleft())
+                chunk = self._chunk(call, len(q))
+                while len(batch) < chunk and q and q[0].resources == call.resources:
+                    batch.append(q.popleft())
                 self._bind(worker, batch, placement)
+
+    def _chunk(self, call: _Call, queued: int) -> int:
+        """How many queued calls like ``call`` to send in one message: enough to fill about
+        ``BATCH_NS`` of the worker's time, judged from the function's measured compute time."""
+        if call.resources.timeout_s is not None or not queued:
+            return 1
+        per_call = self._fn_ns.get(call.digest)
+        if per_call is None:
+            return 1
+        by_time = int(BATCH_NS // max(per_call, 1_000))
+        by_share = queued // (2 * max(1, len(self._workers))) + 1
+        return max(1, min(MAX_CHUNK, by_time, by_share))
 
     def _place(self, res: Resources) -> tuple[_Worker, Any] | None:
         key_any = place(res, self._free_cpus, self._gpu_free, self._mem_free)
@@ -342,11 +359,30 @@ class LocalBackend(Backend):
         w.inflight.extend(batch)
         if w.state == IDLE:
             w.state = BUSY
-            self._send(w)
+            self._send(w, batch)
 
-    def _send(self, w: _Worker) -> None:
-        calls = []
-        for call in list(w.inflight):
+    def _top_up(self, w: _Worker) -> None:
+        """Send a busy worker more calls like the ones it runs before it runs dry, so short
+        calls stream without a round trip between batches (lock held)."""
+        last = w.inflight[-1]
+        q = self._queues[last.resources.gpus > 0]
+        if not q or q[0].resources != last.resources:
+            return
+        chunk = self._chunk(q[0], len(q))
+        if chunk < 2 or len(w.inflight) > chunk // 2:
+            return
+        batch = [q.popleft()]
+        while len(batch) < chunk and q and q[0].resources == last.resources:
+            batch.append(q.popleft())
+        now = time.perf_counter_ns()
+        for call in batch:
+            call.t_bind = now
+        w.inflight.extend(batch)
+        self._send(w, batch)
+
+    def _send(self, w: _Worker, batch: list[_Call] | deque[_Call]) -> None:
+        calls, sent = [], []
+        for call in batch:
             if not call.started:
                 if not call.future.set_running_or_notify_cancel():
                     w.inflight.remove(call)
@@ -358,21 +394,21 @@ class LocalBackend(Backend):
             calls.append(
                 (call.future.seq, call.digest, payload, call.data, call.descs, w.cpus, call.capture)
             )
+            sent.append(call)
         if not calls:
-            self._finish_worker(w)
+            if not w.inflight:
+                self._finish_worker(w)
             return
         releases = [w.releases.popleft() for _ in range(len(w.releases))]
         data = pickle.dumps((P.CALLS, calls, releases), protocol=5)
-        res = w.inflight[0].resources
+        timeout_s = sent[0].resources.timeout_s
         t = time.perf_counter_ns()
-        for call in w.inflight:
+        for call in sent:
             call.t_disp = t
-        if res.timeout_s is not None:
-            w.deadline = t + int(res.timeout_s * 1e9)
-        try:
+        if timeout_s is not None:
+            w.deadline = t + int(timeout_s * 1e9)
+        with contextlib.suppress(OSError):  # a dead worker is seen and settled by the reader
             w.conn.send_bytes(data)
-        except OSError:
-            pass  # the reader sees the worker's death and settles its calls
 
     def _finish_worker(self, w: _Worker) -> None:
         """``w`` has no more calls: free what it held (lock held)."""
@@ -449,35 +485,81 @@ class LocalBackend(Backend):
     # ------------------------------------------------------------------ reader thread
 
     def _read_loop(self) -> None:
+        """Background delivery, when no caller thread is waiting and reading for itself."""
         while True:
-            with self._lock:
-                if self._closed and not self._by_conn:
-                    return
-                conns: list[Any] = [*self._by_conn, self._wake_r]
-                timeout = self._next_timer()
+            if self._closed and not self._by_conn:
+                return
+            # Callers that wait read for themselves; step in only when none has for a while.
+            recent = time.monotonic() - self._last_wait < 0.01
+            if self._waiting or recent or not self._role.acquire(blocking=False):
+                time.sleep(0.002)
+                continue
             try:
-                ready = wait(conns, timeout)
-            except OSError:
-                ready = []
-            for conn in ready:
-                if conn == self._wake_r:
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 4096)
-                    continue
-                w = self._by_conn.get(conn)
-                if w is None:
+                if not self._waiting:
+                    self._role_owner = _READER
+                    self._poll_once(None)
+            finally:
+                self._role_owner = None
+                self._role.release()
+
+    def _wait_for(self, fut: Future, deadline: float | None) -> None:
+        """Waiter hook: the thread waiting on ``fut`` reads replies itself (leader/follower),
+        which saves the hop through the reader thread."""
+        with self._lock:
+            self._waiting += 1
+        try:
+            while not fut.done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                if self._role_owner is _READER:
+                    self._poke()  # ask the reader thread to step aside
+                if not self._role.acquire(timeout=0.001):
                     continue
                 try:
-                    data = conn.recv_bytes()
-                except (EOFError, OSError):
-                    self._on_death(w)
-                    continue
-                msg = pickle.loads(data)
-                if msg[0] == P.RESULTS:
-                    self._on_results(w, msg[1])
-                elif msg[0] == P.READY:
-                    self._on_ready(w, msg)
-            self._check_timers()
+                    self._role_owner = threading.get_ident()
+                    while not fut.done():
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            return
+                        self._poll_once(left)
+                finally:
+                    self._role_owner = None
+                    self._role.release()
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                self._last_wait = time.monotonic()
+
+    def _poll_once(self, timeout: float | None) -> None:
+        """Wait for replies and handle them (only the holder of ``_role`` calls this)."""
+        with self._lock:
+            conns: list[Any] = [*self._by_conn, self._wake_r]
+            timer = self._next_timer()
+        if timer is not None:
+            timeout = timer if timeout is None else min(timeout, timer)
+        try:
+            ready = wait(conns, timeout)
+        except OSError:
+            ready = []
+        for conn in ready:
+            if conn == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
+                continue
+            w = self._by_conn.get(conn)
+            if w is None:
+                continue
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                self._on_death(w)
+                continue
+            msg = pickle.loads(data)
+            if msg[0] == P.RESULTS:
+                self._on_results(w, msg[1])
+            elif msg[0] == P.READY:
+                self._on_ready(w, msg)
+        self._check_timers()
 
     def _next_timer(self) -> float | None:
         now = time.perf_counter_ns()
@@ -513,7 +595,7 @@ class LocalBackend(Backend):
                 for call in w.inflight:
                     call.cold_ns = now - call.t_bind
                 w.state = BUSY
-                self._send(w)
+                self._send(w, list(w.inflight))
             else:
                 w.state = IDLE
                 w.idle_since = time.perf_counter_ns()
@@ -528,6 +610,8 @@ class LocalBackend(Backend):
             if not w.inflight:
                 self._finish_worker(w)
                 self._drain()  # hand the freed worker its next calls before delivering these
+            elif w.state == BUSY:
+                self._top_up(w)
         for call, reply in done:
             self._complete(w, call, reply)
 
@@ -552,14 +636,15 @@ class LocalBackend(Backend):
         t_done = time.perf_counter_ns()
         self._release_args(call, retained)
         compute = end_ns - start_ns
+        prev = self._fn_ns.get(call.digest)
+        self._fn_ns[call.digest] = compute if prev is None else (prev * 7 + compute) / 8
         cold = call.cold_ns + fn_load_ns
         t_in = (call.t_ser - call.t_submit) + (recv_ns - call.t_disp) + (start_ns - deser_ns - fn_load_ns)
         t_out = t_done - end_ns
         total = t_done - call.t_submit
-        fut.timings = Timings(
-            (total - cold - t_in - compute - t_out) / 1e3, cold / 1e3, t_in / 1e3, compute / 1e3,
-            t_out / 1e3, total / 1e3, call.t_submit, start_ns, end_ns, t_done, w.index, w.pid,
-            w.cpus, w.gpus,
+        fut._stamps = (
+            total - cold - t_in - compute - t_out, cold, t_in, compute, t_out, total,
+            call.t_submit, start_ns, end_ns, t_done, w.index, w.pid, w.cpus, w.gpus,
         )  # fmt: skip
         if exc is None:
             fut.set_result(value)

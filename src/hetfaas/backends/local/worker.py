@@ -46,18 +46,20 @@ class Worker:
         self.attach = AttachCache()
         self.results = SegmentPool(f"r{index}", max_idle_bytes=2 << 30)
         self.cpus: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
+        self.torch_threads: int | None = None  # set once torch is loaded and sized
 
     def pin(self, cpus: tuple[int, ...]) -> None:
+        """Own these cores: affinity, and as many OpenMP/torch threads as cores."""
         if cpus and cpus != self.cpus:
             os.sched_setaffinity(0, cpus)
             self.cpus = cpus
-        n = str(len(self.cpus))
-        if os.environ.get("OMP_NUM_THREADS") != n:
-            os.environ["OMP_NUM_THREADS"] = n
-            os.environ["MKL_NUM_THREADS"] = n
+        n = len(self.cpus)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
         torch = sys.modules.get("torch")
-        if torch is not None and torch.get_num_threads() != len(self.cpus):
-            torch.set_num_threads(len(self.cpus))
+        if torch is not None:
+            if torch.get_num_threads() != n:
+                torch.set_num_threads(n)
+            self.torch_threads = n
 
     def run(self) -> None:
         recv, pack = self.conn.recv_bytes, struct.pack_into
@@ -93,10 +95,9 @@ class Worker:
     def execute(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
         seq, digest, payload, data, descs, cpus, capture = call
         deser_ns = time.perf_counter_ns()
-        fn_load_ns = 0
+        fn_load_ns = start_ns = 0
         views: list[tuple[weakref.ref[Any], str]] = []
         out = err = ""
-        start_ns = 0
         try:
             fn = self.functions.get(digest)
             if fn is None:
@@ -105,10 +106,14 @@ class Worker:
                 fn = serialize.load_function(payload)
                 self.functions[digest] = fn
                 fn_load_ns = time.perf_counter_ns() - deser_ns
-            args, kwargs = serialize.loads(
-                data, descs, self.attach, lambda v, name: views.append((weakref.ref(v), name))
-            )
-            self.pin(cpus)
+            if descs:
+                args, kwargs = serialize.loads(
+                    data, descs, self.attach, lambda v, name: views.append((weakref.ref(v), name))
+                )
+            else:
+                args, kwargs = pickle.loads(data)
+            if cpus != self.cpus or self.torch_threads is None and "torch" in sys.modules:
+                self.pin(cpus)
             start_ns = time.perf_counter_ns()
             if capture:
                 so, se = io.StringIO(), io.StringIO()
@@ -121,12 +126,15 @@ class Worker:
                 value = fn(*args, **kwargs)
             end_ns = time.perf_counter_ns()
             del args, kwargs
-            sink = serialize.BufferSink(self.results)
-            try:
-                rdata = serialize.dumps(value, sink, what=f"the result of {_name(fn)}")
-            finally:
-                del value
-            reply = (seq, P.VALUE, rdata, sink.descs)
+            if type(value) in _SIMPLE:
+                reply = (seq, P.VALUE, pickle.dumps(value, protocol=5), ())
+            else:
+                sink = serialize.BufferSink(self.results)
+                try:
+                    rdata = serialize.dumps(value, sink, what=f"the result of {_name(fn)}")
+                finally:
+                    del value
+                reply = (seq, P.VALUE, rdata, sink.descs)
         except BaseException as exc:  # everything the function raises goes back to the caller
             end_ns = time.perf_counter_ns()
             start_ns = start_ns or end_ns
@@ -135,6 +143,9 @@ class Worker:
             del exc
         retained = [name for ref, name in views if ref() is not None and "-a-" in name]
         return (*reply, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained)
+
+
+_SIMPLE = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def _name(fn: Any) -> str:
