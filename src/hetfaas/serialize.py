@@ -146,7 +146,7 @@ class BufferSink:
             self.descs.append((found[0], found[1], n))
             return False
         seg = self.pool.lease(n)
-        np.copyto(seg.array[:n], src)
+        _copy(seg.array[:n], src)
         self.leases.append(seg)
         self.descs.append((seg.name, 0, n))
         return False
@@ -156,6 +156,15 @@ class BufferSink:
             for seg in self.leases:
                 self.pool.release(seg)
         self.leases = []
+
+
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """One copy into shared memory; torch's copy uses all of this process's threads."""
+    torch = sys.modules.get("torch")
+    if torch is not None and src.nbytes >= 1 << 22:
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+    else:
+        np.copyto(dst, src)
 
 
 def dumps(obj: Any, sink: BufferSink, what: str = "value") -> bytes:
@@ -205,11 +214,12 @@ def loads(
     data: bytes,
     descs: list[BufferDesc] | tuple[BufferDesc, ...],
     attach: AttachCache,
-    on_view: Callable[[np.ndarray, str], None] | None = None,
+    on_view: Callable[[Any, str], None] | None = None,
 ) -> Any:
     """Unpickle, mapping out-of-band buffers from shared memory (no copy).
 
-    ``on_view(view, segment_name)`` sees each lease view, to learn when it is no longer used.
+    ``on_view(view, segment_name)`` sees each lease view (:meth:`Segment.view`), to learn when
+    nothing uses it any more.
     """
     if not descs:
         return pickle.loads(data)

@@ -10,13 +10,14 @@ segments (and each process keeps its mappings) across calls:
 - :func:`shared_array` / :func:`shared_tensor` / :func:`share` allocate buffers that already
   live in shared memory: passing them to a call copies nothing.
 
-A buffer handed to user code is a numpy ``uint8`` view of a mapping (a *lease view*); a
-finalizer on that view tells the owner when every array or tensor built on it is gone.
+A buffer handed to user code is built on a *lease view* of a mapping (:meth:`Segment.view`);
+a finalizer on that view tells the owner when every array or tensor built on it is gone.
 """
 
 from __future__ import annotations
 
 import bisect
+import ctypes
 import itertools
 import mmap
 import os
@@ -82,9 +83,14 @@ class Segment:
             os.close(fd)
         return cls(name, mm)
 
-    def view(self, offset: int, nbytes: int) -> np.ndarray:
-        """A lease view: a fresh ``uint8`` array object over part of the mapping."""
-        return self.array[offset : offset + nbytes]
+    def view(self, offset: int, nbytes: int) -> Any:
+        """A lease view: a new buffer object over part of the mapping.
+
+        A ctypes array, not a numpy view: numpy collapses chains of views onto the array that
+        holds the memory, which would let a numpy lease die while arrays built on it live on.
+        Arrays, tensors and memoryviews made from this object keep it alive.
+        """
+        return (ctypes.c_ubyte * nbytes).from_buffer(self.mmap, offset)
 
     def unlink(self) -> None:
         try:
@@ -239,11 +245,18 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.nd
     dt = np.dtype(dtype)
     shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
     nbytes = int(np.prod(shape_t, dtype=np.int64)) * dt.itemsize
-    seg = Segment.create(segment_name("user"), max(nbytes, 1))
+    if nbytes == 0:
+        return np.empty(shape_t, dt)
+    lease = _shared_lease(nbytes)
+    return np.frombuffer(lease, dtype=dt).reshape(shape_t)
+
+
+def _shared_lease(nbytes: int) -> Any:
+    seg = Segment.create(segment_name("user"), nbytes)
     REGISTRY.add(seg)
     lease = seg.view(0, nbytes)
     weakref.finalize(lease, _free_shared, seg.name)
-    return lease.view(dt).reshape(shape_t)
+    return lease
 
 
 def shared_tensor(shape: int | tuple[int, ...], dtype: Any = None) -> Any:
@@ -253,10 +266,11 @@ def shared_tensor(shape: int | tuple[int, ...], dtype: Any = None) -> Any:
     dtype = dtype or torch.float32
     shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = shared_array((int(np.prod(shape_t, dtype=np.int64)) * itemsize,), np.uint8)
-    if raw.size == 0:
+    nbytes = int(np.prod(shape_t, dtype=np.int64)) * itemsize
+    if nbytes == 0:
         return torch.empty(shape_t, dtype=dtype)
-    return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape_t)
+    lease = _shared_lease(nbytes)
+    return torch.frombuffer(lease, dtype=torch.uint8).view(dtype).reshape(shape_t)
 
 
 def share(x: Any) -> Any:

@@ -147,7 +147,11 @@ def test_default_config_is_the_study():
     assert len(cfg.shapes) == 9
     assert {s[0] for s in cfg.shapes} == {5, 10, 15}
     assert {s[1] for s in cfg.shapes} == {100, 500, 1000}
-    assert cfg.table1_shapes == [(5, 1000, 1000, 1000), (10, 1000, 1000, 1000), (15, 1000, 1000, 1000)]
+    assert cfg.table1_shapes == [
+        (5, 1000, 1000, 1000),
+        (10, 1000, 1000, 1000),
+        (15, 1000, 1000, 1000),
+    ]
     assert cfg.gpu_shape == (200, 1000, 1000, 1000)
     quick = bmm.Config.from_args(argparse.Namespace(quick=True, runs=3))
     assert quick.runs == 3 and quick.repeat < 10

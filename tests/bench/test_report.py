@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from hetfaas import Timings  # noqa: E402
-from hetfaas.bench import bmm, report  # noqa: E402
-from hetfaas.bench.report import PHASES  # noqa: E402
+from hetfaas import Timings
+from hetfaas.bench import bmm, report
+from hetfaas.bench.report import PHASES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

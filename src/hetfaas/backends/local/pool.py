@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -28,12 +29,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
 
 from ... import serialize
+from ..._future import Future
 from ..._resources import Resources
 from ...exceptions import (
     CallTimeout,
@@ -72,6 +74,7 @@ class _Worker:
     __slots__ = (
         "__weakref__",
         "conn",
+        "fd",
         "cpus",
         "deadline",
         "gpu_share",
@@ -157,6 +160,8 @@ class LocalBackend(Backend):
         self._workers: dict[int, _Worker] = {}
         self._fn_ns: dict[bytes, float] = {}  # compute time per function (moving average)
         self._by_conn: dict[Connection, _Worker] = {}
+        self._by_fd: dict[int, _Worker] = {}
+        self._poller = select.poll()
         self._lock = threading.RLock()
         self._closing = False
         self._closed = False
@@ -166,6 +171,7 @@ class LocalBackend(Backend):
         self._max_index = 4096 // P.CONTROL_SLOT
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._poller.register(self._wake_r, select.POLLIN)
         self._role = threading.Lock()  # who may read the workers' sockets
         self._role_owner: object = None
         self._waiting = 0
@@ -457,9 +463,12 @@ class LocalBackend(Backend):
         )  # fmt: skip
         child.close()
         w.conn = Connection(parent.detach())
+        w.fd = w.conn.fileno()
         w.pid = w.proc.pid
         self._workers[index] = w
         self._by_conn[w.conn] = w
+        self._by_fd[w.fd] = w
+        self._poller.register(w.fd, select.POLLIN)
         self._poke()
         return w
 
@@ -474,6 +483,9 @@ class LocalBackend(Backend):
     def _forget_worker(self, w: _Worker) -> None:
         self._workers.pop(w.index, None)
         self._by_conn.pop(w.conn, None)
+        if self._by_fd.pop(w.fd, None) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._poller.unregister(w.fd)
         with contextlib.suppress(OSError):
             w.conn.close()
         self._attach.forget_prefix(f"hetfaas-{w.pid}-")
@@ -533,24 +545,24 @@ class LocalBackend(Backend):
     def _poll_once(self, timeout: float | None) -> None:
         """Wait for replies and handle them (only the holder of ``_role`` calls this)."""
         with self._lock:
-            conns: list[Any] = [*self._by_conn, self._wake_r]
             timer = self._next_timer()
         if timer is not None:
             timeout = timer if timeout is None else min(timeout, timer)
+        ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
         try:
-            ready = wait(conns, timeout)
-        except OSError:
-            ready = []
-        for conn in ready:
-            if conn == self._wake_r:
+            events = self._poller.poll(ms)
+        except (OSError, RuntimeError):
+            events = []
+        for fd, _ in events:
+            if fd == self._wake_r:
                 with contextlib.suppress(OSError):
                     os.read(self._wake_r, 4096)
                 continue
-            w = self._by_conn.get(conn)
+            w = self._by_fd.get(fd)
             if w is None:
                 continue
             try:
-                data = conn.recv_bytes()
+                data = w.conn.recv_bytes()
             except (EOFError, OSError):
                 self._on_death(w)
                 continue

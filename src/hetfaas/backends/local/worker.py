@@ -173,11 +173,13 @@ def main(argv: list[str]) -> int:
             importlib.import_module(module)
     worker = Worker(conn, index, Segment.attach(control_name))
     worker.pin(worker.cpus)
-    conn.send_bytes(
-        pickle.dumps((P.READY, os.getpid(), time.perf_counter_ns(), time.perf_counter_ns() - t0))
-    )
     try:
+        conn.send_bytes(
+            pickle.dumps((P.READY, os.getpid(), time.perf_counter_ns(), time.perf_counter_ns() - t0))
+        )
         worker.run()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the caller went away or shut the pool down while this worker started
     finally:
         worker.results.close()
     return 0

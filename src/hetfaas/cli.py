@@ -1,0 +1,48 @@
+"""``hetfaas``: the command line. ``hetfaas bench bmm|overhead``, ``hetfaas info``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .exceptions import HetfaasError
+
+_BENCHES = {
+    "bmm": ("hetfaas.bench.bmm", "the batched-matmul serverless study (seed 000): four tables"),
+    "overhead": ("hetfaas.bench.overhead", "per-call overhead vs a raw pipe and ProcessPool"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hetfaas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="run a benchmark or study")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    for name, (module, help_text) in _BENCHES.items():
+        p = benches.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(module=module)
+    info = sub.add_parser("info", help="describe this machine and the local pool")
+    info.set_defaults(module=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            from . import machine
+
+            print(machine.format_markdown(machine.describe()))
+            return 0
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except HetfaasError as exc:
+        print(f"hetfaas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
