@@ -1,0 +1,226 @@
+"""The local backend against real worker processes."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+import hetfaas
+from hetfaas import Resources
+from hetfaas._invocation import PHASES
+
+from ..conftest import CORES
+from .. import pool_funcs as fx
+
+
+def _alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_submit_returns_result_state_and_timings(ex):
+    fut = ex.submit(fx.add, 2, 3)
+    assert fut.result(timeout=60) == 5
+    assert fut.state == hetfaas.State.COMPLETED
+    t = fut.timings
+    parts = sum(getattr(t, p) for p in PHASES)
+    assert abs(parts - t.total_us) < 1.0
+    assert all(getattr(t, p) >= 0 for p in PHASES)
+    assert t.cpus and t.pid != os.getpid()
+    other = ex.submit(fx.add, 1, 1)
+    assert other.invocation_id != fut.invocation_id
+    other.result()
+
+
+def test_cold_start_counted_apart_from_warm_calls(ex):
+    first = ex.submit(fx.add, 1, 2)
+    first.result(timeout=60)
+    assert first.timings.cold_start_us > 1000  # spawning and importing took time
+    warm = ex.submit(fx.add, 1, 2)
+    warm.result()
+    assert warm.timings.cold_start_us == 0
+
+
+def test_map_keeps_order_and_batch_dispatches_on_exit(ex):
+    assert list(ex.map(fx.add, range(500), range(500))) == [2 * i for i in range(500)]
+    with ex.batch():
+        futs = [ex.submit(fx.add, i, 1) for i in range(10)]
+        time.sleep(0.05)
+        assert all(f.state == hetfaas.State.PENDING for f in futs)
+    assert [f.result(timeout=60) for f in futs] == list(range(1, 11))
+
+
+def test_batch_that_raises_submits_nothing(ex):
+    with pytest.raises(RuntimeError), ex.batch():
+        fut = ex.submit(fx.add, 1, 1)
+        raise RuntimeError("user error")
+    assert fut.cancelled()
+
+
+def test_worker_is_pinned_and_sized(ex):
+    info = ex.submit(fx.where).result(timeout=60)
+    assert len(info["cpus"]) == 1 and info["threads"] == 1
+    if CORES >= 2:
+        info2 = ex.options(cpus=2).submit(fx.where).result(timeout=60)
+        assert len(info2["cpus"]) == 2 and info2["threads"] == 2
+
+
+def test_queue_never_oversubscribes_cores(ex):
+    n = CORES * 3
+    futs = [ex.submit(fx.where, 0.15) for _ in range(n)]
+    runs = [f.result(timeout=60) for f in futs]
+    events = sorted([(r["start"], 1, r["cpus"]) for r in runs] + [(r["end"], -1, r["cpus"]) for r in runs])
+    busy: list[tuple[int, ...]] = []
+    peak = 0
+    for _, kind, cpus in events:
+        if kind == 1:
+            assert not any(set(cpus) & set(b) for b in busy), "two calls shared a core"
+            busy.append(cpus)
+        else:
+            busy.remove(cpus)
+        peak = max(peak, len(busy))
+    assert peak <= CORES
+    assert peak == CORES  # and the cores were all used
+
+
+def test_impossible_requests_fail_at_submit(ex):
+    with pytest.raises(hetfaas.ResourceError, match="core"):
+        ex.options(cpus=CORES + 1).submit(fx.add, 1, 1)
+    if ex.capacity.gpus == 0:
+        with pytest.raises(hetfaas.ResourceError, match="GPU"):
+            ex.options(gpus=1).submit(fx.add, 1, 1)
+    with pytest.raises(hetfaas.ResourceError, match="memory"):
+        ex.options(memory_mb=10**9).submit(fx.add, 1, 1)
+
+
+def test_remote_exception_keeps_type_and_traceback(ex):
+    with pytest.raises(ValueError, match="bad input 7") as info:
+        ex.submit(fx.boom, "bad input 7").result(timeout=60)
+    assert isinstance(info.value.__cause__, hetfaas.RemoteTraceback)
+    assert "boom" in info.value.__cause__.tb
+    fut = ex.submit(fx.boom_unpicklable)
+    with pytest.raises(hetfaas.RemoteError, match="cannot travel"):
+        fut.result(timeout=60)
+    assert fut.state == hetfaas.State.FAILED
+
+
+def test_timeout_kills_the_worker_and_pool_recovers(ex):
+    t0 = time.monotonic()
+    with pytest.raises(hetfaas.CallTimeout, match="timeout_s=0.3"):
+        ex.options(timeout_s=0.3).submit(fx.sleepy, 30).result(timeout=60)
+    assert time.monotonic() - t0 < 10
+    assert ex.submit(fx.add, 1, 1).result(timeout=60) == 2
+
+
+@pytest.mark.parametrize("killer,match", [(lambda ex: ex.submit(fx.exit_now, 7), "exit code 7"),
+                                          (lambda ex: ex.submit(fx.segfault), "SIGSEGV")])
+def test_dead_worker_raises_and_is_replaced(ex, killer, match):
+    ex.warmup()
+    behind = [ex.submit(fx.sleepy, 0.05) for _ in range(CORES * 2)]
+    with pytest.raises(hetfaas.WorkerDied, match=match):
+        killer(ex).result(timeout=60)
+    assert [f.result(timeout=60) for f in behind] == [0.05] * len(behind)  # nothing lost
+    assert ex.submit(fx.add, 2, 2).result(timeout=60) == 4
+
+
+def test_killed_worker_by_signal(ex):
+    info = ex.submit(fx.where).result(timeout=60)
+    fut = ex.submit(fx.sleepy, 30)
+    time.sleep(0.3)
+    os.kill(fut.timings.pid if fut.timings else info["pid"], 9)
+    with pytest.raises(hetfaas.WorkerDied, match="SIGKILL"):
+        fut.result(timeout=60)
+
+
+def test_unpicklable_function_and_argument_fail_at_submit(ex):
+    lock = threading.Lock()
+    with pytest.raises(hetfaas.SerializationError, match="function"):
+        ex.submit(lambda: lock)
+    with pytest.raises(hetfaas.SerializationError, match="argument 1"):
+        ex.submit(fx.add, 1, lock)
+    with pytest.raises(hetfaas.SerializationError, match="keyword argument 'b'"):
+        ex.submit(fx.add, 1, b=lock)
+    with pytest.raises(hetfaas.SerializationError, match="result of returns_lock"):
+        ex.submit(fx.returns_lock).result(timeout=60)
+
+
+def test_tensor_100mb_round_trip(ex):
+    t = torch.randn(25_000_000)
+    back = ex.submit(fx.ident, t).result(timeout=120)
+    assert torch.equal(back, t)
+    arr = np.random.default_rng(0).standard_normal(12_500_000)
+    assert np.array_equal(ex.submit(fx.ident, arr).result(timeout=120), arr)
+
+
+def test_results_stay_valid_while_held(ex):
+    results = [ex.submit(fx.scaled_range, 1_000_000, k).result(timeout=60) for k in range(1, 5)]
+    for k, r in enumerate(results, start=1):
+        assert r[-1] == (1_000_000 - 1) * k
+
+
+def test_shared_tensor_passes_without_copy(ex):
+    s = hetfaas.shared_tensor((1000, 1000))
+    assert ex.submit(fx.fill, s, 2.0).result(timeout=60) == 2_000_000.0
+    assert float(s.sum()) == 2_000_000.0  # the worker wrote into the caller's memory
+
+
+def test_cancel_pending_call():
+    with hetfaas.Executor(max_workers=1, cpus=1) as ex:
+        running = ex.submit(fx.sleepy, 0.5)
+        waiting = ex.submit(fx.sleepy, 0)
+        assert waiting.cancel()
+        with pytest.raises(hetfaas.CallCancelled):
+            waiting.result()
+        assert running.result(timeout=60) == 0.5
+
+
+def test_keep_alive_retires_idle_workers():
+    with hetfaas.Executor(keep_alive_s=0.2, max_workers=1) as ex:
+        pid = ex.submit(fx.where).result(timeout=60)["pid"]
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid)
+        fut = ex.submit(fx.add, 1, 1)
+        fut.result(timeout=60)
+        assert fut.timings.cold_start_us > 0
+
+
+def test_capture_output():
+    with hetfaas.Executor(capture_output=True) as ex:
+        fut = ex.submit(fx.chatty, 5)
+        assert fut.result(timeout=60) == 5
+        assert fut.stdout == "hello 5\n"
+
+
+def test_shutdown_leaves_nothing_behind():
+    ex = hetfaas.Executor()
+    pids = {ex.submit(fx.where, 0.05).result(timeout=60)["pid"] for _ in range(4)}
+    ex.shutdown()
+    for pid in pids:
+        assert not _alive(pid)
+    leftovers = [n for n in os.listdir("/dev/shm") if n.startswith(f"hetfaas-{os.getpid()}-a")]
+    assert leftovers == []
+    with pytest.raises(hetfaas.ExecutorShutdownError):
+        ex.submit(fx.add, 1, 1)
+
+
+def test_unknown_backend_lists_known():
+    with pytest.raises(hetfaas.UnknownBackendError, match="local"):
+        hetfaas.Executor("nope")
+
+
+def test_resources_validated_once():
+    for bad in (dict(cpus=0), dict(cpus=1.5), dict(gpus=-1), dict(gpus=1.5), dict(timeout_s=0),
+                dict(memory_mb=-5)):
+        with pytest.raises(hetfaas.ResourceError):
+            Resources(**bad)
+    assert Resources(gpus=0.5).gpu_share == 0.5
+    with pytest.raises(hetfaas.ResourceError, match="unknown"):
+        Resources().replace(disk=3)

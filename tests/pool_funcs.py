@@ -1,0 +1,75 @@
+"""Functions the tests run in workers (importable by name there)."""
+
+import ctypes
+import os
+import time
+
+
+def add(a, b):
+    return a + b
+
+
+def ident(x):
+    return x
+
+
+def where(sleep_s=0.0):
+    """Where and when this call ran, seen from inside the worker."""
+    import torch
+
+    t0 = time.perf_counter_ns()
+    time.sleep(sleep_s)
+    return {
+        "pid": os.getpid(),
+        "cpus": tuple(sorted(os.sched_getaffinity(0))),
+        "threads": torch.get_num_threads(),
+        "start": t0,
+        "end": time.perf_counter_ns(),
+    }
+
+
+def sleepy(s):
+    time.sleep(s)
+    return s
+
+
+def boom(msg):
+    raise ValueError(msg)
+
+
+class Unpicklable(Exception):
+    def __init__(self, msg):
+        super().__init__(msg)
+        self.lock = __import__("threading").Lock()
+
+
+def boom_unpicklable():
+    raise Unpicklable("cannot travel")
+
+
+def exit_now(code):
+    os._exit(code)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def returns_lock():
+    return __import__("threading").Lock()
+
+
+def fill(t, value):
+    t.fill_(value)
+    return float(t.sum())
+
+
+def scaled_range(n, k):
+    import numpy as np
+
+    return np.arange(n, dtype=np.float64) * k
+
+
+def chatty(x):
+    print(f"hello {x}")
+    return x
