@@ -73,3 +73,9 @@ def scaled_range(n, k):
 def chatty(x):
     print(f"hello {x}")
     return x
+
+
+def visible_gpus(sleep_s=0.0):
+    t0 = time.perf_counter_ns()
+    time.sleep(sleep_s)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), t0, time.perf_counter_ns()

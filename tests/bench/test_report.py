@@ -62,7 +62,7 @@ def test_results_hold_raw_timings(quick):
         for t in s["trials"]:
             assert t["verified"] is True
             assert t["time_s"] > 0
-            expected = s["shape"][0] if s["mode"] == "multi_cpu" else 1
+            expected = {"multi_cpu": s["shape"][0], "multi_gpu": 2}.get(s["mode"], 1)
             assert len(t["calls"]) == expected
             for c in t["calls"]:
                 assert fields <= set(c)
@@ -70,7 +70,7 @@ def test_results_hold_raw_timings(quick):
                 assert total == pytest.approx(c["total_us"], rel=1e-6, abs=1.0)
                 assert c["submitted_ns"] <= c["started_ns"] <= c["finished_ns"]
                 assert c["finished_ns"] <= c["completed_ns"]
-                if s["mode"] != "bare_cpu":
+                if not s["mode"].startswith("bare"):
                     # the caller's clock covers the whole call
                     assert t["t0_ns"] <= c["submitted_ns"] and c["completed_ns"] <= t["t1_ns"]
                     assert c["invocation_id"]
@@ -194,6 +194,22 @@ def _results(gpus: int = 0) -> dict:
         _series("single_cpu", t2, [2.0, 4.0, 3.0], over_us=400.0),
         _series("multi_cpu", t2, [1.0, 1.0, 2.0], calls_per=6, over_us=300.0),
     ]
+    gpu = {"available": False, "count": 0, "note": "no GPU"}
+    if gpus:
+        g4 = [4, 8, 8, 8]
+        series += [
+            _series("gpu", t2, [0.5, 0.25, 0.5]),
+            _series("bare_gpu", g4, [0.2, 0.2, 0.2], repeat=5),
+            _series("gpu", g4, [0.3, 0.3, 0.4], repeat=5, over_us=2000.0),
+            _series("multi_gpu", g4, [0.25, 0.2, 0.25], repeat=5, calls_per=2),
+        ]
+        gpu = {
+            "available": True,
+            "count": 1,
+            "note": "1 GPU: the two half-batch calls asked for gpus=0.5 each and shared device 0",
+            "multi_gpu_share": 0.5,
+            "shared_device": True,
+        }
     return {
         "schema": "hetfaas.bench.bmm/1",
         "started_at": "2026-01-01T00:00:00+00:00",
@@ -215,7 +231,7 @@ def _results(gpus: int = 0) -> dict:
             "rtol": 1e-4,
             "atol": "0.0001 * sqrt(N)",
         },
-        "gpu": {"available": False, "count": 0, "note": "no GPU"},
+        "gpu": gpu,
         "cold_start": {"cpu_workers": 2, "pool_warmup_s": 0.25, "warm_calls": []},
         "calibration": {"4x10x10x10": {"gflops": 10.0}, "6x10x10x10": {"gflops": 12.0}},
         "series": series,
@@ -281,3 +297,20 @@ def test_write_report_without_plots(tmp_path):
     text = paths["report"].read_text()
     assert "## Table 4" in text and "![" not in text
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_gpu_tables_when_a_gpu_was_measured():
+    res = _results(gpus=1)
+    summary = report.summarize(res)
+    text = report.render_markdown(res, summary, {})
+    t3 = text.split("## Table 3")[1].split("## Table 4")[0]
+    row = next(r for r in t3.splitlines() if r.startswith("| [6, 10, 10, 10]"))
+    assert "| 0.5 |" in row and "no GPU" not in t3
+    t4 = text.split("## Table 4")[1].split("\n## ")[0]
+    assert "shared device 0" in t4
+    runs = [r for r in t4.splitlines() if r.startswith("| [4, 8, 8, 8] |")]
+    assert len(runs) == 3 + 1  # every run and the median
+    assert "| 0.2 | 0.3 | 0.25 |" in runs[0]
+    disc = text.split("## Discussion")[1]
+    assert "6.0x" in disc  # single CPU 3.0 s median against GPU 0.5 s
+    assert "Two half-batch calls vs one call: 1.20x" in disc  # 0.3 / 0.25

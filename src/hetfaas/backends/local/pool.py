@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import itertools
 import os
 import pickle
@@ -56,6 +57,7 @@ STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
 _READER = "reader-thread"
 MAX_CHUNK = 512
 BATCH_NS = 2_000_000
+READER_NAP_S = 0.05  # the background reader steps in this long after the last waiter left
 _live_pools: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 
 
@@ -175,6 +177,8 @@ class LocalBackend(Backend):
         self._role = threading.Lock()  # who may read the workers' sockets
         self._role_owner: object = None
         self._waiting = 0
+        self._parked = False
+        self._unpark = threading.Event()
         self._last_wait = 0.0
         self._reader = threading.Thread(target=self._read_loop, name="hetfaas-reader", daemon=True)
         self._reader.start()
@@ -218,6 +222,9 @@ class LocalBackend(Backend):
             for call in prepared:
                 self._queues[call.resources.gpus > 0].append(call)
             self._drain()
+            if self._parked:
+                self._parked = False
+                self._unpark.set()
 
     def warmup(self, n: int, resources: Resources) -> None:
         """Start workers for ``resources`` until ``n`` exist, and wait until they are ready."""
@@ -270,6 +277,7 @@ class LocalBackend(Backend):
             for w in workers:
                 self._stop_worker(w)
             self._poke()
+            self._unpark.set()
         for w in workers:
             with contextlib.suppress(Exception):
                 w.proc.wait(timeout=2)
@@ -334,7 +342,10 @@ class LocalBackend(Backend):
         ]  # fmt: skip
         worker = None
         if candidates:
-            candidates.sort(key=lambda w: (w.state != IDLE, w.index))
+            # Prefer a worker pinned to the CPU this thread runs on: the caller then sleeps
+            # while the worker runs on the same CPU, and no wake-up crosses CPUs.
+            here = _current_cpu()
+            candidates.sort(key=lambda w: (w.state != IDLE, here not in w.cpus, w.index))
             worker = candidates[0]
         elif len(self._workers) < self.max_workers or self._evict_idle(gpus):
             worker = self._spawn(gpus)
@@ -497,14 +508,28 @@ class LocalBackend(Backend):
     # ------------------------------------------------------------------ reader thread
 
     def _read_loop(self) -> None:
-        """Background delivery, when no caller thread is waiting and reading for itself."""
+        """Background delivery, for when no caller thread waits and reads for itself.
+
+        It wakes rarely: each wake-up of a thread costs as much as a small call on a loaded
+        CPU, so it parks while nothing is in flight and naps while callers read themselves.
+        """
         while True:
             if self._closed and not self._by_conn:
                 return
-            # Callers that wait read for themselves; step in only when none has for a while.
-            recent = time.monotonic() - self._last_wait < 0.01
-            if self._waiting or recent or not self._role.acquire(blocking=False):
-                time.sleep(0.002)
+            with self._lock:
+                idle = not any(self._queues.values()) and not any(
+                    w.inflight or w.state == STARTING for w in self._workers.values()
+                )
+                self._parked = idle and not self._closed
+            if self._parked:
+                self._unpark.wait()
+                self._unpark.clear()
+                continue
+            if self._waiting or time.monotonic() - self._last_wait < READER_NAP_S:
+                time.sleep(READER_NAP_S)
+                continue
+            if not self._role.acquire(blocking=False):
+                time.sleep(0.001)
                 continue
             try:
                 if not self._waiting:
@@ -740,6 +765,19 @@ class LocalBackend(Backend):
             iid,
             code,
         )
+
+
+def _libc_sched_getcpu() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sched_getcpu
+        fn.restype = ctypes.c_int
+        fn.argtypes = []
+        return fn
+    except (OSError, AttributeError):
+        return lambda: -1
+
+
+_current_cpu = _libc_sched_getcpu()
 
 
 def _release_result(ref: weakref.ref[_Worker], pid: int, name: str) -> None:
