@@ -84,7 +84,9 @@ class Executor:
 
     # ----------------------------------------------------------------- calls
 
-    def _prepare(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _prepare(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
         shared = self._shared
@@ -103,7 +105,7 @@ class Executor:
 
     def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Future]:
         """One call per element (as the built-in ``map`` zips), all handed over at once."""
-        prepared = [self._prepare(fn, args, {}) for args in zip(*iterables)]
+        prepared = [self._prepare(fn, args, {}) for args in zip(*iterables, strict=False)]
         pending = getattr(self._shared.batch, "calls", None)
         if pending is not None:
             pending.extend(prepared)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
@@ -52,10 +53,8 @@ def dump_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
             "default arguments) must be picklable too."
         ) from exc
     entry = (hashlib.blake2b(payload, digest_size=16).digest(), payload)
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable: pickled at each submit
         _fn_cache[fn] = entry
-    except TypeError:  # not weak-referenceable (e.g. a builtin): pickled at each submit
-        pass
     return entry
 
 

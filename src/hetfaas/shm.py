@@ -17,6 +17,7 @@ a finalizer on that view tells the owner when every array or tensor built on it 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import itertools
 import mmap
@@ -93,10 +94,8 @@ class Segment:
         return (ctypes.c_ubyte * nbytes).from_buffer(self.mmap, offset)
 
     def unlink(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(_path(self.name))
-        except FileNotFoundError:
-            pass
 
 
 class SegmentPool:
@@ -230,10 +229,8 @@ REGISTRY = SharedRegistry()
 
 def _free_shared(name: str) -> None:
     REGISTRY.remove(name)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(_path(name))
-    except FileNotFoundError:
-        pass
 
 
 def shared_array(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:

@@ -13,8 +13,8 @@ import hetfaas
 from hetfaas import Resources
 from hetfaas._invocation import PHASES
 
-from ..conftest import CORES
 from .. import pool_funcs as fx
+from ..conftest import CORES
 
 
 def _alive(pid):
@@ -75,7 +75,9 @@ def test_queue_never_oversubscribes_cores(ex):
     n = CORES * 3
     futs = [ex.submit(fx.where, 0.15) for _ in range(n)]
     runs = [f.result(timeout=60) for f in futs]
-    events = sorted([(r["start"], 1, r["cpus"]) for r in runs] + [(r["end"], -1, r["cpus"]) for r in runs])
+    events = sorted(
+        [(r["start"], 1, r["cpus"]) for r in runs] + [(r["end"], -1, r["cpus"]) for r in runs]
+    )
     busy: list[tuple[int, ...]] = []
     peak = 0
     for _, kind, cpus in events:
@@ -112,7 +114,7 @@ def test_remote_exception_keeps_type_and_traceback(ex):
 
 def test_timeout_kills_the_worker_and_pool_recovers(ex):
     t0 = time.monotonic()
-    with pytest.raises(hetfaas.CallTimeout, match="timeout_s=0.3"):
+    with pytest.raises(hetfaas.CallTimeout, match=r"timeout_s=0\.3"):
         ex.options(timeout_s=0.3).submit(fx.sleepy, 30).result(timeout=60)
     assert time.monotonic() - t0 < 10
     assert ex.submit(fx.add, 1, 1).result(timeout=60) == 2

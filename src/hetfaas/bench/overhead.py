@@ -116,8 +116,10 @@ def bench_hetfaas(
     if t is not None:
         phases = {k: getattr(t, k) for k in ("queue_us", "transfer_in_us", "compute_us",
                                              "transfer_out_us", "total_us")}  # fmt: skip
-    row = {"name": f"hetfaas {backend}", "p50_us": _pct(lat, 0.5), "p99_us": _pct(lat, 0.99),
-           "calls_per_s": tp, "map_calls_per_s": map_rate, "one_call_phases_us": phases}  # fmt: skip
+    row = {
+        "name": f"hetfaas {backend}", "p50_us": _pct(lat, 0.5), "p99_us": _pct(lat, 0.99),
+        "calls_per_s": tp, "map_calls_per_s": map_rate, "one_call_phases_us": phases,
+    }  # fmt: skip
     return row, ex
 
 
@@ -209,7 +211,8 @@ def format_table(res: dict[str, Any]) -> str:
         f"p50 vs raw pipe: {res['ratios']['p50_vs_pipe']:.2f}x; ProcessPoolExecutor p50 / ours: "
         f"{res['ratios']['ppe_p50_vs_ours']:.2f}x.",
         "",
-        "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in res["targets"].items()),
+        "Targets: "
+        + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in res["targets"].items()),
     ]
     return "\n".join(lines)
 

@@ -3,8 +3,8 @@
 - ``times.png``: time per shape with the spread over runs: bare metal vs serverless (table 1)
   and single vs multiple CPUs (and GPU when there is one) for tables 2/3;
 - ``timeline.png``: one multi-CPU run as a Gantt chart, one row per worker slot, a bar per call
-  from ``started_ns`` to ``finished_ns`` and its wait in the queue drawn before it;
-- ``overhead.png``: the mean of each non-compute phase per call, per serverless mode.
+  from ``started_ns`` to ``finished_ns``;
+- ``overhead.png``: the median of each non-compute phase per call, per serverless mode.
 """
 
 from __future__ import annotations
@@ -143,18 +143,6 @@ def plot_timeline(results: dict[str, Any], path: Path) -> Path | None:
         y = row[int(c.get("worker", -1))]
         start = (c["started_ns"] - t0) / 1e6
         end = (c["finished_ns"] - t0) / 1e6
-        sub = (c.get("submitted_ns", c["started_ns"]) - t0) / 1e6
-        if start > sub:
-            ax.barh(
-                y + 0.4,
-                start - sub,
-                left=sub,
-                height=0.15,
-                color="lightgrey",
-                edgecolor="grey",
-                hatch="//",
-                lw=0.5,
-            )
         ax.barh(
             y,
             end - start,
@@ -174,9 +162,11 @@ def plot_timeline(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_yticks(range(len(workers)))
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlabel("ms since the first submit")
+    waits = [(c["started_ns"] - c.get("submitted_ns", c["started_ns"])) / 1e6 for c in calls]
     ax.set_title(
         f"multi-CPU run {trial.get('run', 0) + 1}: {len(calls)} mm_single calls at "
-        f"{label(s['shape'])}, repeat {s['repeat']} (hatched, below each bar: submit to start)",
+        f"{label(s['shape'])}, repeat {s['repeat']}; bars: started to finished, "
+        f"longest wait for a slot {max(waits, default=0.0):.0f} ms",
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="lower right")
@@ -189,23 +179,35 @@ def plot_timeline(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def plot_overhead(results: dict[str, Any], summary: dict[str, Any], path: Path) -> Path | None:
+    """Median of each non-compute phase per call, per serverless mode (log scale)."""
     modes = summary.get("modes", {})
     if not modes:
         return None
     plt = _pyplot()
     phases = [p for p in PHASES if p != "compute_us"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(modes)
-    left = [0.0] * len(names)
-    for p in phases:
-        vals = [modes[m]["phases"][p]["mean"] / 1000.0 for m in names]
-        vals = [v if math.isfinite(v) else 0.0 for v in vals]
-        ax.barh(names, vals, left=left, label=PHASE_NAMES[p])
-        left = [a + b for a, b in zip(left, vals, strict=True)]
-    ax.set_xlabel("mean ms per call outside the function")
-    ax.set_title("Where the serverless overhead goes (all measured calls)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(axis="x", alpha=0.3)
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.9 * len(names)))
+    height = 0.8 / len(phases)
+    smallest = math.inf
+    for j, p in enumerate(phases):
+        vals = [modes[m]["phases"][p]["median"] / 1000.0 for m in names]
+        vals = [v if math.isfinite(v) and v > 0 else 0.0 for v in vals]
+        smallest = min([smallest, *(v for v in vals if v > 0)])
+        ys = [i + (j - (len(phases) - 1) / 2) * height for i in range(len(names))]
+        ax.barh(ys, vals, height=height * 0.9, label=PHASE_NAMES[p])
+        for y, v in zip(ys, vals, strict=True):
+            if v > 0:
+                ax.text(v, y, f" {v:.3g}", va="center", fontsize=6)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.set_xscale("log")
+    if math.isfinite(smallest):
+        ax.set_xlim(left=smallest / 3)
+    ax.set_xlabel("median ms per call (log scale; 0 not drawn)")
+    ax.set_title("Where the serverless time goes besides compute (all measured calls)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,7 +2,8 @@
 
 Everything in the report is computed from the results dict: the tables, the overhead
 breakdown per phase of :class:`~hetfaas.Timings`, the throughput against the in-process
-``torch.bmm`` rate, and a discussion whose every sentence is built from a measured value.
+``torch.bmm`` rate, and a discussion (:mod:`hetfaas.bench.discussion`) whose every sentence is
+built from a measured value.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def _flops(shape: Sequence[int], repeat: int) -> float:
     return 2.0 * bs * m * n * k * repeat
 
 
+def _layer(call: dict[str, Any]) -> float:
+    """The serverless layer of one call without the wait for a free core: cold start and
+    the two transfers."""
+    return call["cold_start_us"] + call["transfer_in_us"] + call["transfer_out_us"]
+
+
 def _skey(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
@@ -131,6 +138,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             else None,
             "phases": {p: stats(c.get(p, math.nan) for c in calls) for p in (*PHASES, "total_us")},
             "overhead_us": stats(c["total_us"] - c["compute_us"] for c in calls if "total_us" in c),
+            "layer_us": stats(_layer(c) for c in calls if "total_us" in c),
             "workers": sorted({int(c.get("worker", -1)) for c in calls}),
             "max_concurrency": max((max_concurrency(t["calls"]) for t in s["trials"]), default=0),
         }
@@ -152,6 +160,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "calls": len(calls),
             "phases": phases,
             "overhead_us": stats(c["total_us"] - c["compute_us"] for c in calls),
+            "layer_us": stats(_layer(c) for c in calls),
             "phase_sum_error_us": max(
                 abs(sum(c[p] for p in PHASES) - c["total_us"]) for c in calls
             ),
@@ -169,14 +178,21 @@ def _get(summary: dict[str, Any], mode: str, shape: Sequence[int], repeat: int) 
 
 
 def fmt_s(x: float | None) -> str:
-    """Seconds with three significant digits (ms/us below a second are still shown in s)."""
+    """Seconds with three significant digits (small values in scientific notation)."""
     if x is None or not math.isfinite(x):
         return "n/a"
     if x == 0:
         return "0"
-    if x >= 100:
+    m = abs(x)
+    if m >= 100:
         return f"{x:.1f}"
-    return f"{x:.3g}" if x >= 0.001 else f"{x:.2e}"
+    return f"{x:.3g}" if m >= 0.001 else f"{x:.2e}"
+
+
+def _mb(shape: Sequence[int]) -> float:
+    """Megabytes of fp32 A, B and C for one batch."""
+    bs, m, n, k = shape
+    return 4.0 * bs * (m * n + n * k + m * k) / 1e6
 
 
 def fmt_ms(us: float | None) -> str:
@@ -390,302 +406,13 @@ def throughput(results: dict[str, Any], summary: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# discussion: every sentence carries a number measured in this run
-
-
-def _phase_medians(entry: dict[str, Any]) -> dict[str, float]:
-    return {p: entry["phases"][p]["median"] for p in PHASES}
-
-
-def cold_summary(cold: dict[str, Any]) -> dict[str, Any] | None:
-    """What the warm-up calls (a worker's first calls) cost, or None without any."""
-    calls = cold.get("warm_calls") or []
-    if not calls or cold.get("pool_warmup_s") is None:
-        return None
-    slowest = max(calls, key=lambda c: c.get("total_us", 0.0))
-    phase = max(PHASES, key=lambda p: slowest.get(p, 0.0))
-    return {
-        "n": len(calls),
-        "max_total_us": slowest.get("total_us", math.nan),
-        "median_total_us": statistics.median(c.get("total_us", 0.0) for c in calls),
-        "median_cold_start_us": statistics.median(c.get("cold_start_us", 0.0) for c in calls),
-        "slowest_phase": phase,
-        "slowest_phase_us": slowest.get(phase, math.nan),
-    }
-
-
-def discuss_table1(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    cfg = results["config"]
-    out: list[str] = []
-    pairs = [
-        (
-            sh,
-            _get(summary, "bare_cpu", sh, cfg["repeat"]),
-            _get(summary, "single_cpu", sh, cfg["repeat"]),
-        )
-        for sh in cfg["table1_shapes"]
-    ]
-    pairs = [(sh, b, s) for sh, b, s in pairs if b and s]
-    if not pairs:
-        return ["Table 1 has no measurements."]
-    for sh, b, s in pairs:
-        bm, sm = b["stats"]["median"], s["stats"]["median"]
-        ph = _phase_medians(s)
-        extra = sm - bm
-        layer = s["overhead_us"]["median"] / 1e6
-        comp_gap = ph["compute_us"] / 1e6 - bm
-        biggest = max((p for p in PHASES if p != "compute_us"), key=lambda p: ph[p])
-        out.append(
-            f"- {label(sh)}: the serverless call took {fmt_s(sm)} s against {fmt_s(bm)} s bare "
-            f"metal (median), {fmt_s(extra)} s more (+{pct(extra / bm)}). Inside "
-            f"the call the function itself ran {fmt_s(ph['compute_us'] / 1e6)} s, "
-            f"a difference of {fmt_s(comp_gap)} s from bare metal, and the serverless layer "
-            f"around it (total minus compute) took {fmt_ms(layer * 1e6)} ms, of which "
-            f"{PHASE_NAMES[biggest]} was the largest part ({fmt_ms(ph[biggest])} ms median)."
-        )
-    layers = [s["overhead_us"]["median"] / 1e3 for _, _, s in pairs]
-    ratios = [
-        (s["stats"]["median"] - b["stats"]["median"]) / b["stats"]["median"] for _, b, s in pairs
-    ]
-    out.append(
-        f"- Across the {len(pairs)} shapes the serverless layer cost between {min(layers):.3g} "
-        f"and {max(layers):.3g} ms per call while the work grew with bs, so the relative "
-        f"difference went from {pct(ratios[0])} at {label(pairs[0][0])} to {pct(ratios[-1])} "
-        f"at {label(pairs[-1][0])}: the fixed cost is shipping A and B in and C out and the "
-        f"hand-off between processes; the rest of the gap is the compute itself running in a "
-        f"different process (see the compute rows above)."
-    )
-    return out
-
-
-def discuss_variance(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    cfg = results["config"]
-    out: list[str] = []
-    entries = [e for e in summary["series"].values() if len(e["times"]) > 1]
-    if not entries:
-        return [f"- Only {cfg['runs']} run per configuration: no run-to-run spread to discuss."]
-    for sh in cfg["table1_shapes"]:
-        b = _get(summary, "bare_cpu", sh, cfg["repeat"])
-        s = _get(summary, "single_cpu", sh, cfg["repeat"])
-        if not (b and s):
-            continue
-        out.append(
-            f"- {label(sh)}: bare metal ranged {fmt_s(b['stats']['min'])}-"
-            f"{fmt_s(b['stats']['max'])} s "
-            f"(CV {pct(b['stats']['cv'])}), serverless {fmt_s(s['stats']['min'])}-"
-            f"{fmt_s(s['stats']['max'])} s (CV {pct(s['stats']['cv'])})."
-        )
-    worst = max(entries, key=lambda e: e["stats"]["cv"])
-    best = min(entries, key=lambda e: e["stats"]["cv"])
-    out.append(
-        f"- The most variable configuration was {worst['mode']} at {label(worst['shape'])} "
-        f"(CV {pct(worst['stats']['cv'])}), the steadiest {best['mode']} at "
-        f"{label(best['shape'])} (CV {pct(best['stats']['cv'])})."
-    )
-    srv = [e for e in entries if e["mode"] == "single_cpu" and e["stats"]["median"] > 0]
-    if srv:
-        big = max(srv, key=lambda e: e["stats"]["median"])
-        stds = {p: big["phases"][p]["std"] for p in PHASES}
-        top = max(stds, key=lambda p: stds[p] if math.isfinite(stds[p]) else -1)
-        out.append(
-            f"- For single_cpu at {label(big['shape'])} the phase that moved most between runs "
-            f"was {PHASE_NAMES[top]} (standard deviation {fmt_ms(stds[top])} ms, against "
-            f"{fmt_ms(big['phases']['compute_us']['median'])} ms median compute): the spread "
-            + (
-                "comes from the computation itself (other processes, caches, frequency, "
-                "a shared virtual machine) rather than from the serverless layer."
-                if top == "compute_us"
-                else "comes from the serverless layer (scheduling and data movement between "
-                "processes) more than from the computation."
-            )
-        )
-    load = results.get("load_avg_start")
-    flags = results.get("machine", {}).get("cpu_flags", [])
-    if load:
-        out.append(
-            f"- The 1-minute load average was {load[0]} when the study started on "
-            f"{results['capacity']['cpus']} cores"
-            + (
-                ", and the CPU reports the `hypervisor` flag (a virtual machine whose host may "
-                "run other tenants)."
-                if "hypervisor" in flags
-                else "."
-            )
-        )
-    return out
-
-
-def discuss_multi(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    cfg = results["config"]
-    slots = summary["slots"]
-    out: list[str] = []
-    rows = []
-    for sh in cfg["shapes"]:
-        s = _get(summary, "single_cpu", sh, cfg["repeat"])
-        m = _get(summary, "multi_cpu", sh, cfg["repeat"])
-        if s and m and m["stats"]["median"] > 0:
-            rows.append((sh, s, m, s["stats"]["median"] / m["stats"]["median"]))
-    if not rows:
-        return ["- No single/multi CPU pairs were measured."]
-    best = max(rows, key=lambda r: r[3])
-    worst = min(rows, key=lambda r: r[3])
-    out.append(
-        f"- This machine gave the executor {slots} CPU slots, so bs calls ran in at most "
-        f"{slots} at a time (most seen at once: "
-        f"{max(r[2]['max_concurrency'] for r in rows)}); the ideal speedup is min(bs, {slots})."
-    )
-    out.append(
-        f"- Best speedup: {best[3]:.2f}x at {label(best[0])} (ideal {min(best[0][0], slots)}, "
-        f"efficiency {pct(best[3] / min(best[0][0], slots))}); worst: {worst[3]:.2f}x at "
-        f"{label(worst[0])}."
-    )
-    for sh, _, m, sp in rows:
-        if sp < 1:
-            per_call = m["overhead_us"]["median"]
-            comp = m["phases"]["compute_us"]["median"]
-            out.append(
-                f"- At {label(sh)} parallel calls were slower ({sp:.2f}x): each of the "
-                f"{sh[0]} calls spent {fmt_ms(per_call)} ms outside the function (median) for "
-                f"{fmt_ms(comp)} ms of compute, so the per-call cost outweighed the parallelism."
-            )
-    m_all = [r[2] for r in rows]
-    q = statistics.median(e["phases"]["queue_us"]["median"] for e in m_all)
-    out.append(
-        f"- The multi-CPU calls waited a median {fmt_ms(q)} ms in the queue per call "
-        f"(medians over shapes): with bs above {slots} the calls run in waves of {slots}."
-    )
-    return out
-
-
-def discuss_gpu(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    cfg = results["config"]
-    gpu = results.get("gpu", {})
-    if not gpu.get("available"):
-        return [
-            f"- {NO_GPU}: this machine has no GPU (capacity.gpus = "
-            f"{results['capacity']['gpus']}), so the GPU column of table 3 and table 4 "
-            "were not measured; the comparisons below cover the CPU designs only."
-        ]
-    out = []
-    for sh in cfg["shapes"]:
-        s = _get(summary, "single_cpu", sh, cfg["repeat"])
-        g = _get(summary, "gpu", sh, cfg["repeat"])
-        if s and g and g["stats"]["median"] > 0:
-            out.append(
-                f"- {label(sh)}: GPU {fmt_s(g['stats']['median'])} s vs single CPU "
-                f"{fmt_s(s['stats']['median'])} s "
-                f"({s['stats']['median'] / g['stats']['median']:.1f}x);"
-                f" the GPU call spent {fmt_ms(g['overhead_us']['median'])} ms outside the function."
-            )
-    return out
-
-
-def discuss_pros_cons(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    modes = summary["modes"]
-    out = []
-    if "single_cpu" in modes:
-        m = modes["single_cpu"]
-        out.append(
-            f"- Single CPU: one call, so the serverless cost is paid once "
-            f"({fmt_ms(m['overhead_us']['median'])} ms median outside the function), but the "
-            "whole batch runs on one core."
-        )
-    if "multi_cpu" in modes:
-        m = modes["multi_cpu"]
-        best = max(
-            (e for e in summary["series"].values() if e["mode"] == "multi_cpu"),
-            key=lambda e: e["fraction_of_inproc"] or 0,
-        )
-        out.append(
-            f"- Multiple CPUs: uses up to {summary['slots']} cores "
-            f"(best {pct(best['fraction_of_inproc'])} "
-            f"of the ideal in-process rate x cores at {label(best['shape'])}), but pays the "
-            f"serverless cost once per matrix ({fmt_ms(m['overhead_us']['median'])} ms median per "
-            f"call, {m['calls']} calls in all) and waits in the queue when bs exceeds the cores."
-        )
-    if "gpu" in modes:
-        m = modes["gpu"]
-        out.append(
-            f"- GPU: the fastest per product once the data is on the device, but each call "
-            f"also moves A, B and C over PCIe and pays {fmt_ms(m['overhead_us']['median'])} ms "
-            "median outside the function."
-        )
-    else:
-        out.append(f"- GPU: {NO_GPU} on this machine; not measured.")
-    return out
-
-
-def discuss_when(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    cfg = results["config"]
-    out = []
-    m = summary["modes"].get("single_cpu")
-    if m:
-        o = m["overhead_us"]["median"]
-        out.append(
-            f"- A warm call cost {fmt_ms(o)} ms beyond its function here; for that to stay "
-            f"under 10% of a call the function must compute for at least {fmt_ms(9 * o)} ms."
-        )
-    cold = results.get("cold_start", {})
-    cs = cold_summary(cold)
-    if cs:
-        warm_med = m["phases"]["total_us"]["median"] if m else math.nan
-        out.append(
-            f"- Starting {cold.get('cpu_workers')} workers took {fmt_s(cold['pool_warmup_s'])} s "
-            f"and a worker's first calls took up to {fmt_ms(cs['max_total_us'])} ms, against "
-            f"{fmt_ms(warm_med)} ms for a warm single-CPU call (median, compute included): a pool "
-            "kept warm pays the start once, a call that finds no warm worker pays it every time."
-        )
-    wins = []
-    for sh in cfg["shapes"]:
-        s = _get(summary, "single_cpu", sh, cfg["repeat"])
-        mm = _get(summary, "multi_cpu", sh, cfg["repeat"])
-        if s and mm and mm["stats"]["median"] < s["stats"]["median"]:
-            wins.append(sh)
-    if wins:
-        smallest = min(wins, key=lambda sh: _flops(sh, 1))
-        out.append(
-            f"- Splitting into parallel calls paid off in {len(wins)} of {len(cfg['shapes'])} "
-            f"shapes, the smallest being {label(smallest)} "
-            f"({_flops(smallest, cfg['repeat']) / 1e9:.3g} GFLOP per batch at repeat "
-            f"{cfg['repeat']}): serverless parallelism helps when each call carries enough work "
-            "and there are idle cores (or GPUs) to run the calls."
-        )
-    else:
-        out.append(
-            f"- Splitting into parallel calls paid off in none of the {len(cfg['shapes'])} "
-            f"shapes at repeat {cfg['repeat']}: each call carried too little work for its cost."
-        )
-    return out
-
-
-def discuss_table4(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    cfg = results["config"]
-    gpu = results.get("gpu", {})
-    if not gpu.get("available"):
-        return [f"- {NO_GPU}: table 4 was skipped (capacity.gpus = {results['capacity']['gpus']})."]
-    shape, rep = cfg["gpu_shape"], cfg["gpu_repeat"]
-    entries = {m: _get(summary, m, shape, rep) for m in ("bare_gpu", "gpu", "multi_gpu")}
-    out = [f"- {gpu.get('note', '')}."]
-    bare = entries["bare_gpu"]
-    for m in ("gpu", "multi_gpu"):
-        e = entries[m]
-        if e and bare:
-            out.append(
-                f"- {m}: {fmt_s(e['stats']['median'])} s median vs "
-                f"{fmt_s(bare['stats']['median'])} s "
-                f"bare metal ({pct(e['stats']['median'] / bare['stats']['median'] - 1)} more); "
-                f"{fmt_ms(e['overhead_us']['median'])} ms per call outside the function "
-                f"(transfer in {fmt_ms(e['phases']['transfer_in_us']['median'])} ms, transfer out "
-                f"{fmt_ms(e['phases']['transfer_out_us']['median'])} ms)."
-            )
-    if entries["gpu"] and entries["multi_gpu"]:
-        sp = entries["gpu"]["stats"]["median"] / entries["multi_gpu"]["stats"]["median"]
-        out.append(f"- Two half-batch calls vs one call: {sp:.2f}x.")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # the documents
+
+
+def _tries(results: dict[str, Any]) -> str:
+    tries = {c.get("tries") for c in results.get("calibration", {}).values()}
+    tries.discard(None)
+    return "/".join(str(t) for t in sorted(tries)) or "1"
 
 
 def render_markdown(
@@ -693,6 +420,8 @@ def render_markdown(
 ) -> str:
     """The report as Markdown."""
     from hetfaas import machine
+
+    from . import discussion
 
     cfg = results["config"]
     cap = results["capacity"]
@@ -745,7 +474,7 @@ def render_markdown(
     parts.append(f"\nThe five phases add up to the total of every call within {ok:.3g} us.\n")
     parts.append("\n## Cold start (excluded from the tables)\n\n")
     cold = results.get("cold_start", {})
-    cs = cold_summary(cold)
+    cs = discussion.cold_summary(cold)
     if cs:
         parts.append(
             f"Starting {cold.get('cpu_workers')} CPU workers (`ex.warmup`) took "
@@ -762,18 +491,15 @@ def render_markdown(
             f"for bare metal in the caller: {fmt_s(cold.get('bare_gpu_init_s'))} s.\n"
         )
     parts.append("\n## Throughput\n\n")
+    parts.append(
+        "GFLOP/s = 2 x bs x M x N x K x repeat / median time. The in-process rate is "
+        "`torch.bmm` run by `hetfaas.bare_metal` on one pinned thread, the best of "
+        f"{_tries(results)} short runs per shape taken before the study; the fraction divides "
+        "by that rate times the cores a configuration can use.\n\n"
+    )
     parts.append(throughput(results, summary))
     parts.append("\n## Discussion (numbers from this run)\n\n")
-    sections = [
-        ("Bare metal vs serverless (table 1)", discuss_table1),
-        ("Variance across runs", discuss_variance),
-        ("Single CPU vs multiple CPUs (table 2)", discuss_multi),
-        ("GPU (table 3)", discuss_gpu),
-        ("Pros and cons of the three designs", discuss_pros_cons),
-        ("When serverless computing helps", discuss_when),
-        ("Single vs multiple GPUs (table 4)", discuss_table4),
-    ]
-    for title, fn in sections:
+    for title, fn in discussion.SECTIONS:
         parts.append(f"\n### {title}\n\n")
         parts.append("\n".join(fn(results, summary)) + "\n")
     parts.append("\nRaw timings of every call: `results.json`.\n")

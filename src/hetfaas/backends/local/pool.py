@@ -76,9 +76,9 @@ class _Worker:
     __slots__ = (
         "__weakref__",
         "conn",
-        "fd",
         "cpus",
         "deadline",
+        "fd",
         "gpu_share",
         "gpus",
         "idle_since",
@@ -481,6 +481,9 @@ class LocalBackend(Backend):
         self._by_fd[w.fd] = w
         self._poller.register(w.fd, select.POLLIN)
         self._poke()
+        if self._parked:  # someone must read its READY message
+            self._parked = False
+            self._unpark.set()
         return w
 
     def _stop_worker(self, w: _Worker) -> None:
@@ -521,9 +524,11 @@ class LocalBackend(Backend):
                     w.inflight or w.state == STARTING for w in self._workers.values()
                 )
                 self._parked = idle and not self._closed
+                timer = self._next_timer()  # keep-alive of idle workers
             if self._parked:
-                self._unpark.wait()
+                self._unpark.wait(timer)
                 self._unpark.clear()
+                self._check_timers()
                 continue
             if self._waiting or time.monotonic() - self._last_wait < READER_NAP_S:
                 time.sleep(READER_NAP_S)
@@ -661,7 +666,8 @@ class LocalBackend(Backend):
         value = None
         try:
             if status == P.VALUE:
-                value = serialize.loads(data, descs, self._attach, self._track(w) if descs else None)
+                track = self._track(w) if descs else None
+                value = serialize.loads(data, descs, self._attach, track)
             elif status == P.EXCEPTION:
                 exc, tb = pickle.loads(data)
                 exc.__cause__ = RemoteTraceback(tb)
@@ -676,7 +682,8 @@ class LocalBackend(Backend):
         prev = self._fn_ns.get(call.digest)
         self._fn_ns[call.digest] = compute if prev is None else (prev * 7 + compute) / 8
         cold = call.cold_ns + fn_load_ns
-        t_in = (call.t_ser - call.t_submit) + (recv_ns - call.t_disp) + (start_ns - deser_ns - fn_load_ns)
+        # pickling in the caller + the hop + unpickling in the worker
+        t_in = call.t_ser - call.t_submit + recv_ns - call.t_disp + start_ns - deser_ns - fn_load_ns
         t_out = t_done - end_ns
         total = t_done - call.t_submit
         fut._stamps = (

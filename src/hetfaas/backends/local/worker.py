@@ -80,7 +80,8 @@ class Worker:
             pending: list[tuple[Any, ...]] = []
             first = 0
             for call in calls:
-                pack("<qq", self.control, self.index * P.CONTROL_SLOT, call[0], time.perf_counter_ns())
+                slot = self.index * P.CONTROL_SLOT
+                pack("<qq", self.control, slot, call[0], time.perf_counter_ns())
                 pending.append((*self.execute(call), recv_ns))
                 now = time.perf_counter_ns()
                 if not first:
@@ -112,7 +113,7 @@ class Worker:
                 )
             else:
                 args, kwargs = pickle.loads(data)
-            if cpus != self.cpus or self.torch_threads is None and "torch" in sys.modules:
+            if cpus != self.cpus or (self.torch_threads is None and "torch" in sys.modules):
                 self.pin(cpus)
             start_ns = time.perf_counter_ns()
             if capture:
@@ -174,9 +175,8 @@ def main(argv: list[str]) -> int:
     worker = Worker(conn, index, Segment.attach(control_name))
     worker.pin(worker.cpus)
     try:
-        conn.send_bytes(
-            pickle.dumps((P.READY, os.getpid(), time.perf_counter_ns(), time.perf_counter_ns() - t0))
-        )
+        ready_ns = time.perf_counter_ns()
+        conn.send_bytes(pickle.dumps((P.READY, os.getpid(), ready_ns, ready_ns - t0)))
         worker.run()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the caller went away or shut the pool down while this worker started

@@ -1,0 +1,1 @@
+"""Benchmarks that measure hetfaas against bare metal (``hetfaas bench ...``)."""
