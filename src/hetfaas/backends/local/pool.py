@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import itertools
 import os
 import pickle
@@ -342,10 +341,7 @@ class LocalBackend(Backend):
         ]  # fmt: skip
         worker = None
         if candidates:
-            # Prefer a worker pinned to the CPU this thread runs on: the caller then sleeps
-            # while the worker runs on the same CPU, and no wake-up crosses CPUs.
-            here = _current_cpu()
-            candidates.sort(key=lambda w: (w.state != IDLE, here not in w.cpus, w.index))
+            candidates.sort(key=lambda w: (w.state != IDLE, w.index))
             worker = candidates[0]
         elif len(self._workers) < self.max_workers or self._evict_idle(gpus):
             worker = self._spawn(gpus)
@@ -455,6 +451,9 @@ class LocalBackend(Backend):
         if index >= self._max_index:
             raise ResourceError("too many workers for the control segment")
         w = _Worker(index, gpus)
+        # Start pinned to a core no other worker sits on, so that workers spread out.
+        taken = {c for other in self._workers.values() for c in other.cpus}
+        w.cpus = (next((c for c in self.cores if c not in taken), self.cores[0]),)
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_tokens[d] for d in gpus)
@@ -468,6 +467,7 @@ class LocalBackend(Backend):
             [
                 sys.executable, "-m", "hetfaas.backends.local.worker",
                 str(child.fileno()), str(index), self._control.name, ",".join(preload),
+                str(w.cpus[0]),
             ],
             pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -772,19 +772,6 @@ class LocalBackend(Backend):
             iid,
             code,
         )
-
-
-def _libc_sched_getcpu() -> Any:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sched_getcpu
-        fn.restype = ctypes.c_int
-        fn.argtypes = []
-        return fn
-    except (OSError, AttributeError):
-        return lambda: -1
-
-
-_current_cpu = _libc_sched_getcpu()
 
 
 def _release_result(ref: weakref.ref[_Worker], pid: int, name: str) -> None:

@@ -166,6 +166,8 @@ def _encode_exception(exc: BaseException) -> tuple[int, bytes]:
 def main(argv: list[str]) -> int:
     fd, index, control_name = int(argv[0]), int(argv[1]), argv[2]
     preload = [m for m in argv[3].split(",") if m] if len(argv) > 3 else []
+    if len(argv) > 4:
+        os.sched_setaffinity(0, {int(argv[4])})
     conn = Connection(fd)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     t0 = time.perf_counter_ns()
