@@ -26,6 +26,7 @@ def _overlap(a, b):
 
 def test_whole_gpu_calls_get_distinct_devices(gpu_ex):
     assert gpu_ex.capacity.gpus == 2
+    gpu_ex.warmup(2, hetfaas.Resources(gpus=1))
     run = gpu_ex.options(gpus=1)
     a, b = run.submit(fx.visible_gpus, 0.5), run.submit(fx.visible_gpus, 0.5)
     ra, rb = a.result(timeout=60), b.result(timeout=60)
@@ -39,6 +40,7 @@ def test_cpu_calls_see_no_gpu(gpu_ex):
 
 
 def test_two_half_shares_run_together_on_one_device(gpu_ex):
+    gpu_ex.warmup(2, hetfaas.Resources(gpus=0.5))
     half = gpu_ex.options(gpus=0.5)
     a, b = half.submit(fx.visible_gpus, 0.5), half.submit(fx.visible_gpus, 0.5)
     ra, rb = a.result(timeout=60), b.result(timeout=60)

@@ -231,14 +231,27 @@ class LocalBackend(Backend):
         if why is not None:
             raise ResourceError(why)
         n = min(n, self.max_workers)
+        # The device sets n such calls would get side by side (wrapping around the GPUs).
+        keys: list[tuple[int, ...]] = []
+        gpu_free = dict.fromkeys(self.gpu_ids, 1.0)
+        for _ in range(n):
+            p = place(resources, set(self.cores), gpu_free, 1 << 40)
+            if p is None:
+                gpu_free = dict.fromkeys(self.gpu_ids, 1.0)
+                p = place(resources, set(self.cores), gpu_free, 1 << 40)
+            assert p is not None  # impossible() said it fits an empty machine
+            for d in p.gpus:
+                gpu_free[d] -= p.gpu_share
+            keys.append(p.gpus)
+        have: list[_Worker] = []
         with self._lock:
-            gpus = place(resources, set(self.cores), dict.fromkeys(self.gpu_ids, 1.0), 1 << 40)
-            key = gpus.gpus if gpus is not None else ()
-            have = [w for w in self._workers.values() if w.gpus == key]
-            for _ in range(n - len(have)):
-                if len(self._workers) >= self.max_workers and not self._evict_idle(key):
-                    break
-                have.append(self._spawn(key))
+            for key in dict.fromkeys(keys):
+                mine = [w for w in self._workers.values() if w.gpus == key]
+                for _ in range(keys.count(key) - len(mine)):
+                    if len(self._workers) >= self.max_workers and not self._evict_idle(key):
+                        break
+                    mine.append(self._spawn(key))
+                have += mine
         deadline = time.monotonic() + 120
         while any(w.state == STARTING for w in have) and time.monotonic() < deadline:
             time.sleep(0.005)
