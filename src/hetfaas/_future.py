@@ -132,6 +132,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
     def result(self, timeout: float | None = None) -> Any:
         if self._state != _FINISHED:
             timeout = self._help(timeout)
+        if self._state != _FINISHED:
             try:
                 return super().result(timeout)
             except cf.CancelledError:

@@ -72,6 +72,7 @@ def test_worker_is_pinned_and_sized(ex):
 
 
 def test_queue_never_oversubscribes_cores(ex):
+    ex.warmup()  # all slots ready, so that a slow cold start cannot serialize the calls
     n = CORES * 3
     futs = [ex.submit(fx.where, 0.15) for _ in range(n)]
     runs = [f.result(timeout=60) for f in futs]

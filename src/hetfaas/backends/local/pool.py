@@ -29,7 +29,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
@@ -160,13 +159,13 @@ class LocalBackend(Backend):
         self._queues: dict[bool, deque[_Call]] = {True: deque(), False: deque()}
         self._workers: dict[int, _Worker] = {}
         self._fn_ns: dict[bytes, float] = {}  # compute time per function (moving average)
-        self._by_conn: dict[Connection, _Worker] = {}
+        self._by_conn: dict[P.Channel, _Worker] = {}
         self._by_fd: dict[int, _Worker] = {}
         self._poller = select.poll()
         self._lock = threading.RLock()
         self._closing = False
         self._closed = False
-        self._args = SegmentPool("a")
+        self._args = SegmentPool("a", max_idle_bytes=min(4 << 30, (total_mb << 20) // 10))
         self._attach = AttachCache()
         self._control = Segment.create(segment_name("c"), 4096)
         self._max_index = 4096 // P.CONTROL_SLOT
@@ -434,7 +433,7 @@ class LocalBackend(Backend):
         if timeout_s is not None:
             w.deadline = t + int(timeout_s * 1e9)
         with contextlib.suppress(OSError):  # a dead worker is seen and settled by the reader
-            w.conn.send_bytes(data)
+            w.conn.send(data)
 
     def _finish_worker(self, w: _Worker) -> None:
         """``w`` has no more calls: free what it held (lock held)."""
@@ -486,8 +485,8 @@ class LocalBackend(Backend):
             start_new_session=True,
         )  # fmt: skip
         child.close()
-        w.conn = Connection(parent.detach())
-        w.fd = w.conn.fileno()
+        w.conn = P.Channel(parent.detach())
+        w.fd = w.conn.fd
         w.pid = w.proc.pid
         self._workers[index] = w
         self._by_conn[w.conn] = w
@@ -503,7 +502,7 @@ class LocalBackend(Backend):
         if w.state == DEAD:
             return
         with contextlib.suppress(OSError):
-            w.conn.send_bytes(pickle.dumps((P.EXIT,)))
+            w.conn.send(pickle.dumps((P.EXIT,)))
         w.state = DEAD
         self._forget_worker(w)
 
@@ -605,15 +604,16 @@ class LocalBackend(Backend):
             if w is None:
                 continue
             try:
-                data = w.conn.recv_bytes()
+                messages = w.conn.recv_ready()
             except (EOFError, OSError):
                 self._on_death(w)
                 continue
-            msg = pickle.loads(data)
-            if msg[0] == P.RESULTS:
-                self._on_results(w, msg[1])
-            elif msg[0] == P.READY:
-                self._on_ready(w, msg)
+            for data in messages:
+                msg = pickle.loads(data)
+                if msg[0] == P.RESULTS:
+                    self._on_results(w, msg[1])
+                elif msg[0] == P.READY:
+                    self._on_ready(w, msg)
         self._check_timers()
 
     def _next_timer(self) -> float | None:

@@ -18,7 +18,6 @@ import threading
 import time
 import traceback
 import weakref
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ... import serialize
@@ -38,7 +37,7 @@ def _watch_parent(parent: int) -> None:
 
 
 class Worker:
-    def __init__(self, conn: Connection, index: int, control: Segment) -> None:
+    def __init__(self, conn: P.Channel, index: int, control: Segment) -> None:
         self.conn = conn
         self.index = index
         self.control = control.mmap
@@ -62,7 +61,7 @@ class Worker:
             self.torch_threads = n
 
     def run(self) -> None:
-        recv, pack = self.conn.recv_bytes, struct.pack_into
+        recv, pack = self.conn.recv, struct.pack_into
         while True:
             try:
                 data = recv()
@@ -87,10 +86,10 @@ class Worker:
                 if not first:
                     first = now
                 if len(pending) >= FLUSH_COUNT or now - first >= FLUSH_NS:
-                    self.conn.send_bytes(pickle.dumps((P.RESULTS, pending), protocol=5))
+                    self.conn.send(pickle.dumps((P.RESULTS, pending), protocol=5))
                     pending, first = [], 0
             if pending:
-                self.conn.send_bytes(pickle.dumps((P.RESULTS, pending), protocol=5))
+                self.conn.send(pickle.dumps((P.RESULTS, pending), protocol=5))
             pack("<qq", self.control, self.index * P.CONTROL_SLOT, 0, 0)
 
     def execute(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -168,7 +167,7 @@ def main(argv: list[str]) -> int:
     preload = [m for m in argv[3].split(",") if m] if len(argv) > 3 else []
     if len(argv) > 4:
         os.sched_setaffinity(0, {int(argv[4])})
-    conn = Connection(fd)
+    conn = P.Channel(fd)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     t0 = time.perf_counter_ns()
     for module in preload:
@@ -178,7 +177,7 @@ def main(argv: list[str]) -> int:
     worker.pin(worker.cpus)
     try:
         ready_ns = time.perf_counter_ns()
-        conn.send_bytes(pickle.dumps((P.READY, os.getpid(), ready_ns, ready_ns - t0)))
+        conn.send(pickle.dumps((P.READY, os.getpid(), ready_ns, ready_ns - t0)))
         worker.run()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the caller went away or shut the pool down while this worker started
