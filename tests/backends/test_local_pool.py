@@ -227,3 +227,15 @@ def test_resources_validated_once():
     assert Resources(gpus=0.5).gpu_share == 0.5
     with pytest.raises(hetfaas.ResourceError, match="unknown"):
         Resources().replace(disk=3)
+
+
+def test_concurrent_futures_helpers_and_callbacks(ex):
+    import concurrent.futures as cf
+
+    seen = []
+    futs = ex.map_futures(fx.add, range(20), range(20))
+    futs[0].add_done_callback(lambda f: seen.append(f.result()))
+    done, pending = cf.wait(futs, timeout=60)
+    assert not pending and sorted(f.result() for f in done) == [2 * i for i in range(20)]
+    assert sorted(f.result() for f in cf.as_completed(ex.map_futures(fx.add, [1], [2]))) == [3]
+    assert seen == [0]
