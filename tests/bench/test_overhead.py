@@ -12,7 +12,7 @@ def test_pipe_and_pool_rows_are_measured():
     try:
         assert 0 < row["p50_us"] <= row["p99_us"]
         assert row["calls_per_s"] > 0 and row["map_calls_per_s"] > 0
-        tensor = overhead.bench_tensor(ex, 8, 2)
+        tensor = overhead.bench_tensor(ex, 8, 3)
     finally:
         ex.shutdown()
     assert tensor["copy_100mb_ms"] > 0 and tensor["tensor_100mb_ms"] > 0

@@ -96,28 +96,31 @@ def bench_ppe(n_lat: int, n_tp: int, n_map: int, workers: int) -> dict[str, Any]
 
 
 def bench_hetfaas(
-    n_lat: int, n_tp: int, n_map: int, backend: str = "local"
+    n_lat: int, n_tp: int, n_map: int, backend: str = "local", **options: Any
 ) -> tuple[dict[str, Any], Any]:
+    """Latency, submit and map throughput of one executor; returns the row and the executor."""
     from .._executor import Executor
 
-    ex = Executor(backend)
+    ex = Executor(backend, **options)
     ex.warmup()
     list(ex.map(noop, range(500)))
     lat = _latency(ex.submit, n_lat)
-    phases = {}
     tp = _throughput(ex.submit, n_tp)
-    t0 = time.perf_counter()
-    for _ in ex.map(noop, range(n_map)):
-        pass
-    map_rate = n_map / (time.perf_counter() - t0)
+    map_rate = None
+    if n_map:
+        t0 = time.perf_counter()
+        for _ in ex.map(noop, range(n_map)):
+            pass
+        map_rate = n_map / (time.perf_counter() - t0)
     sample = ex.submit(noop, None)
     sample.result()
     t = sample.timings
-    if t is not None:
-        phases = {k: getattr(t, k) for k in ("queue_us", "transfer_in_us", "compute_us",
-                                             "transfer_out_us", "total_us")}  # fmt: skip
+    phases = {k: getattr(t, k) for k in ("queue_us", "transfer_in_us", "compute_us",
+                                         "transfer_out_us", "total_us")} if t else {}  # fmt: skip
+    label = ", ".join(f"{k}={v}" for k, v in options.items())
     row = {
-        "name": f"hetfaas {backend}", "p50_us": _pct(lat, 0.5), "p99_us": _pct(lat, 0.99),
+        "name": f"hetfaas {backend}" + (f" ({label})" if label else ""),
+        "p50_us": _pct(lat, 0.5), "p99_us": _pct(lat, 0.99),
         "calls_per_s": tp, "map_calls_per_s": map_rate, "one_call_phases_us": phases,
     }  # fmt: skip
     return row, ex
@@ -145,10 +148,10 @@ def bench_tensor(ex: Any, mb: int, reps: int) -> dict[str, float]:
             moves.append(f.timings.transfer_in_us / 1e3)
     shared = hetfaas.share(t)
     zero = []
-    for i in range(reps + 1):
+    for i in range(reps + 2):
         f = ex.submit(touch, shared)
         f.result()
-        if i >= 1:
+        if i >= 2:  # each worker maps the segment once
             zero.append(f.timings.transfer_in_us / 1e3)
     return {
         "copy_100mb_ms": statistics.median(copies),
@@ -162,6 +165,10 @@ def run_overhead(quick: bool = False, backend: str = "local") -> dict[str, Any]:
     n_lat, n_tp, n_map = int(3000 * scale), int(20000 * scale), int(100000 * scale)
     cores = len(os.sched_getaffinity(0))
     rows = [bench_pipe(n_lat), bench_ppe(n_lat, n_tp, n_map, int(cores))]
+    if backend == "local":  # the same pool without spinning, to show what the spin buys
+        plain, plain_ex = bench_hetfaas(n_lat, n_tp, 0, backend, spin_us=0)
+        plain_ex.shutdown()
+        rows.append(plain)
     ours, ex = bench_hetfaas(n_lat, n_tp, n_map, backend)
     rows.append(ours)
     try:

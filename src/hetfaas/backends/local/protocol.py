@@ -17,7 +17,9 @@ control segment, so the caller knows which call a dead worker was running.
 """
 
 import os
+import select
 import struct
+import time
 
 CALLS = 1
 EXIT = 2
@@ -42,11 +44,30 @@ class Channel:
     messages, which stay buffered.
     """
 
-    __slots__ = ("_buf", "fd")
+    __slots__ = ("_buf", "_poller", "fd")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._buf = bytearray()
+        self._poller: select.poll | None = None
+
+    def spin(self, ns: int) -> None:
+        """Busy-wait up to ``ns`` for data before a blocking read. On a VM, waking a halted
+        vCPU costs more than a small call; a short spin after each reply catches the next
+        request while this CPU is still awake."""
+        if ns <= 0 or self.has_message():
+            return
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self.fd, select.POLLIN)
+        poll, clock = self._poller.poll, time.perf_counter_ns
+        until = clock() + ns
+        while not poll(0) and clock() < until:
+            pass
+
+    def has_message(self) -> bool:
+        buf = self._buf
+        return len(buf) >= 8 and len(buf) >= 8 + _HEADER.unpack_from(buf)[0]
 
     def fileno(self) -> int:
         return self.fd

@@ -46,6 +46,7 @@ class Worker:
         self.results = SegmentPool(f"r{index}", max_idle_bytes=2 << 30)
         self.cpus: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
         self.torch_threads: int | None = None  # set once torch is loaded and sized
+        self.spin_ns = int(float(os.environ.get("HETFAAS_SPIN_US", "0")) * 1000)
 
     def pin(self, cpus: tuple[int, ...]) -> None:
         """Own these cores: affinity, and as many OpenMP/torch threads as cores."""
@@ -61,8 +62,9 @@ class Worker:
             self.torch_threads = n
 
     def run(self) -> None:
-        recv, pack = self.conn.recv, struct.pack_into
+        recv, pack, spin = self.conn.recv, struct.pack_into, self.conn.spin
         while True:
+            spin(self.spin_ns)
             try:
                 data = recv()
             except (EOFError, OSError):
