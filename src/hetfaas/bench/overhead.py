@@ -66,12 +66,15 @@ def bench_pipe(n: int) -> dict[str, Any]:
             "calls_per_s": 1e6 / statistics.mean(lat), "map_calls_per_s": None}  # fmt: skip
 
 
-def _latency(submit: Any, n: int) -> list[float]:
+def _latency(submit: Any, n: int, keep: list[Any] | None = None) -> list[float]:
     lat = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        submit(noop, None).result()
+        fut = submit(noop, None)
+        fut.result()
         lat.append((time.perf_counter_ns() - t0) / 1e3)
+        if keep is not None:
+            keep.append(fut)
     return lat
 
 
@@ -104,7 +107,12 @@ def bench_hetfaas(
     ex = Executor(backend, **options)
     ex.warmup()
     list(ex.map(noop, range(500)))
-    lat = _latency(ex.submit, n_lat)
+    futs: list[Any] = []
+    lat = _latency(ex.submit, n_lat, futs)
+    phases = {
+        k: statistics.median(getattr(f.timings, k) for f in futs)
+        for k in ("queue_us", "transfer_in_us", "compute_us", "transfer_out_us", "total_us")
+    }
     tp = _throughput(ex.submit, n_tp)
     map_rate = None
     if n_map:
@@ -112,16 +120,11 @@ def bench_hetfaas(
         for _ in ex.map(noop, range(n_map)):
             pass
         map_rate = n_map / (time.perf_counter() - t0)
-    sample = ex.submit(noop, None)
-    sample.result()
-    t = sample.timings
-    phases = {k: getattr(t, k) for k in ("queue_us", "transfer_in_us", "compute_us",
-                                         "transfer_out_us", "total_us")} if t else {}  # fmt: skip
     label = ", ".join(f"{k}={v}" for k, v in options.items())
     row = {
         "name": f"hetfaas {backend}" + (f" ({label})" if label else ""),
         "p50_us": _pct(lat, 0.5), "p99_us": _pct(lat, 0.99),
-        "calls_per_s": tp, "map_calls_per_s": map_rate, "one_call_phases_us": phases,
+        "calls_per_s": tp, "map_calls_per_s": map_rate, "median_phases_us": phases,
     }  # fmt: skip
     return row, ex
 

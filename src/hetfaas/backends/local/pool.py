@@ -37,7 +37,6 @@ from ... import serialize
 from ..._future import Future
 from ..._resources import Resources
 from ...exceptions import (
-    CallTimeout,
     ConfigurationError,
     ExecutorShutdownError,
     RemoteError,
@@ -50,63 +49,22 @@ from ..base import Backend, CallSpec, Capacity
 from . import protocol as P
 from .gpus import detect_gpus
 from .placement import impossible, place
+from .records import (
+    BUSY,
+    DEAD,
+    IDLE,
+    STARTING,
+    CallRecord,
+    WorkerHandle,
+    death_error,
+    release_result,
+)
 
-STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
 _READER = "reader-thread"
 MAX_CHUNK = 512
 BATCH_NS = 2_000_000
 READER_NAP_S = 0.05  # the background reader steps in this long after the last waiter left
 _live_pools: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
-
-
-class _Call:
-    __slots__ = (
-        "capture", "cold_ns", "data", "descs", "digest", "fn_name", "future", "leases",
-        "payload", "resources", "started", "t_bind", "t_disp", "t_ser", "t_submit",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.cold_ns = 0
-        self.started = False
-
-
-class _Worker:
-    __slots__ = (
-        "__weakref__",
-        "conn",
-        "cpus",
-        "deadline",
-        "fd",
-        "gpu_share",
-        "gpus",
-        "idle_since",
-        "index",
-        "inflight",
-        "pid",
-        "proc",
-        "ready_ns",
-        "releases",
-        "shipped",
-        "spawned_ns",
-        "state",
-        "timed_out",
-    )  # fmt: skip
-
-    def __init__(self, index: int, gpus: tuple[int, ...]) -> None:
-        self.index = index
-        self.gpus = gpus
-        self.gpu_share = 0.0
-        self.cpus: tuple[int, ...] = ()
-        self.state = STARTING
-        self.inflight: deque[_Call] = deque()
-        self.shipped: set[bytes] = set()
-        self.releases: deque[str] = deque()
-        self.deadline = 0
-        self.timed_out = False
-        self.pid = 0
-        self.ready_ns = 0
-        self.idle_since = 0
-        self.spawned_ns = time.perf_counter_ns()
 
 
 class LocalBackend(Backend):
@@ -162,11 +120,11 @@ class LocalBackend(Backend):
         self._free_cpus = set(self.cores)
         self._gpu_free = dict.fromkeys(self.gpu_ids, 1.0)
         self._mem_free = self.memory_mb
-        self._queues: dict[bool, deque[_Call]] = {True: deque(), False: deque()}
-        self._workers: dict[int, _Worker] = {}
+        self._queues: dict[bool, deque[CallRecord]] = {True: deque(), False: deque()}
+        self._workers: dict[int, WorkerHandle] = {}
         self._fn_ns: dict[bytes, float] = {}  # compute time per function (moving average)
-        self._by_conn: dict[P.Channel, _Worker] = {}
-        self._by_fd: dict[int, _Worker] = {}
+        self._by_conn: dict[P.Channel, WorkerHandle] = {}
+        self._by_fd: dict[int, WorkerHandle] = {}
         self._poller = select.poll()
         self._lock = threading.RLock()
         self._closing = False
@@ -196,12 +154,12 @@ class LocalBackend(Backend):
             len(self.cores), len(self.gpu_ids), self.gpu_names, self.max_workers, self.memory_mb
         )
 
-    def prepare(self, spec: CallSpec) -> _Call:
+    def prepare(self, spec: CallSpec) -> CallRecord:
         res = spec.resources
         why = impossible(res, len(self.cores), len(self.gpu_ids), self.memory_mb)
         if why is not None:
             raise ResourceError(why)
-        call = _Call()
+        call = CallRecord()
         call.t_submit = time.perf_counter_ns()
         fn = spec.fn
         call.fn_name = getattr(fn, "__qualname__", None) or repr(fn)
@@ -248,7 +206,7 @@ class LocalBackend(Backend):
             for d in p.gpus:
                 gpu_free[d] -= p.gpu_share
             keys.append(p.gpus)
-        have: list[_Worker] = []
+        have: list[WorkerHandle] = []
         with self._lock:
             for key in dict.fromkeys(keys):
                 mine = [w for w in self._workers.values() if w.gpus == key]
@@ -336,7 +294,7 @@ class LocalBackend(Backend):
                     batch.append(q.popleft())
                 self._bind(worker, batch, placement)
 
-    def _chunk(self, call: _Call, queued: int) -> int:
+    def _chunk(self, call: CallRecord, queued: int) -> int:
         """How many queued calls like ``call`` to send in one message: enough to fill about
         ``BATCH_NS`` of the worker's time, judged from the function's measured compute time."""
         if call.resources.timeout_s is not None or not queued:
@@ -348,7 +306,7 @@ class LocalBackend(Backend):
         by_share = queued // (2 * max(1, len(self._workers))) + 1
         return max(1, min(MAX_CHUNK, by_time, by_share))
 
-    def _place(self, res: Resources) -> tuple[_Worker, Any] | None:
+    def _place(self, res: Resources) -> tuple[WorkerHandle, Any] | None:
         key_any = place(res, self._free_cpus, self._gpu_free, self._mem_free)
         if key_any is None:
             return None
@@ -375,7 +333,7 @@ class LocalBackend(Backend):
                 return True
         return False
 
-    def _bind(self, w: _Worker, batch: list[_Call], placement: Any) -> None:
+    def _bind(self, w: WorkerHandle, batch: list[CallRecord], placement: Any) -> None:
         res = batch[0].resources
         self._free_cpus.difference_update(placement.cpus)
         for d in placement.gpus:
@@ -392,7 +350,7 @@ class LocalBackend(Backend):
             w.state = BUSY
             self._send(w, batch)
 
-    def _top_up(self, w: _Worker) -> None:
+    def _top_up(self, w: WorkerHandle) -> None:
         """Send a busy worker more calls like the ones it runs before it runs dry, so short
         calls stream without a round trip between batches (lock held)."""
         last = w.inflight[-1]
@@ -411,7 +369,7 @@ class LocalBackend(Backend):
         w.inflight.extend(batch)
         self._send(w, batch)
 
-    def _send(self, w: _Worker, batch: list[_Call] | deque[_Call]) -> None:
+    def _send(self, w: WorkerHandle, batch: list[CallRecord] | deque[CallRecord]) -> None:
         calls, sent = [], []
         for call in batch:
             if not call.started:
@@ -441,7 +399,7 @@ class LocalBackend(Backend):
         with contextlib.suppress(OSError):  # a dead worker is seen and settled by the reader
             w.conn.send(data)
 
-    def _finish_worker(self, w: _Worker) -> None:
+    def _finish_worker(self, w: WorkerHandle) -> None:
         """``w`` has no more calls: free what it held (lock held)."""
         self._free_cpus.update(w.cpus)
         for d in w.gpus:
@@ -453,7 +411,7 @@ class LocalBackend(Backend):
             w.state = IDLE
             w.idle_since = time.perf_counter_ns()
 
-    def _release_args(self, call: _Call, retained: Any) -> None:
+    def _release_args(self, call: CallRecord, retained: Any) -> None:
         for seg in call.leases:
             if seg.name in retained:
                 self._args.forget(seg)
@@ -463,12 +421,12 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ workers
 
-    def _spawn(self, gpus: tuple[int, ...]) -> _Worker:
+    def _spawn(self, gpus: tuple[int, ...]) -> WorkerHandle:
         used = {w.index for w in self._workers.values()}
         index = next(i for i in itertools.count() if i not in used)
         if index >= self._max_index:
             raise ResourceError("too many workers for the control segment")
-        w = _Worker(index, gpus)
+        w = WorkerHandle(index, gpus)
         # Start pinned to a core no other worker sits on, so that workers spread out.
         taken = {c for other in self._workers.values() for c in other.cpus}
         w.cpus = (next((c for c in self.cores if c not in taken), self.cores[0]),)
@@ -505,7 +463,7 @@ class LocalBackend(Backend):
             self._unpark.set()
         return w
 
-    def _stop_worker(self, w: _Worker) -> None:
+    def _stop_worker(self, w: WorkerHandle) -> None:
         if w.state == DEAD:
             return
         with contextlib.suppress(OSError):
@@ -513,7 +471,7 @@ class LocalBackend(Backend):
         w.state = DEAD
         self._forget_worker(w)
 
-    def _forget_worker(self, w: _Worker) -> None:
+    def _forget_worker(self, w: WorkerHandle) -> None:
         self._workers.pop(w.index, None)
         self._by_conn.pop(w.conn, None)
         if self._by_fd.pop(w.fd, None) is not None:
@@ -653,7 +611,7 @@ class LocalBackend(Backend):
                     self._stop_worker(w)
                     threading.Thread(target=w.proc.wait, daemon=True).start()
 
-    def _on_ready(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+    def _on_ready(self, w: WorkerHandle, msg: tuple[Any, ...]) -> None:
         with self._lock:
             w.ready_ns = msg[2]
             if w.state != STARTING:
@@ -669,8 +627,8 @@ class LocalBackend(Backend):
                 w.idle_since = time.perf_counter_ns()
             self._drain()
 
-    def _on_results(self, w: _Worker, replies: list[tuple[Any, ...]]) -> None:
-        done: list[tuple[_Call, tuple[Any, ...]]] = []
+    def _on_results(self, w: WorkerHandle, replies: list[tuple[Any, ...]]) -> None:
+        done: list[tuple[CallRecord, tuple[Any, ...]]] = []
         with self._lock:
             for reply in replies:
                 call = w.inflight.popleft()
@@ -683,7 +641,7 @@ class LocalBackend(Backend):
         for call, reply in done:
             self._complete(w, call, reply)
 
-    def _complete(self, w: _Worker, call: _Call, reply: tuple[Any, ...]) -> None:
+    def _complete(self, w: WorkerHandle, call: CallRecord, reply: tuple[Any, ...]) -> None:
         (_, status, data, descs, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained,
          recv_ns) = reply  # fmt: skip
         fut = call.future
@@ -721,15 +679,15 @@ class LocalBackend(Backend):
         else:
             fut.set_exception(exc)
 
-    def _track(self, w: _Worker) -> Any:
+    def _track(self, w: WorkerHandle) -> Any:
         pid, ref = w.pid, weakref.ref(w)
 
         def on_view(view: Any, name: str) -> None:
-            weakref.finalize(view, _release_result, ref, pid, name)
+            weakref.finalize(view, release_result, ref, pid, name)
 
         return on_view
 
-    def _fail(self, call: _Call, exc: BaseException) -> None:
+    def _fail(self, call: CallRecord, exc: BaseException) -> None:
         self._release_args(call, ())
         fut = call.future
         if not fut.done():
@@ -737,7 +695,7 @@ class LocalBackend(Backend):
                 return
             fut.set_exception(exc)
 
-    def _on_death(self, w: _Worker) -> None:
+    def _on_death(self, w: WorkerHandle) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             w.proc.wait(timeout=5)
         code = w.proc.poll()
@@ -766,7 +724,7 @@ class LocalBackend(Backend):
             for call in calls:
                 if call is culprit:
                     seen_culprit = True
-                    self._fail(call, self._death_error(w, call, code))
+                    self._fail(call, death_error(w, call, code))
                 elif not seen_culprit and culprit is not None:
                     self._fail(call, WorkerDied(
                         f"worker {w.index} (pid {w.pid}) finished call {call.future.invocation_id}"
@@ -779,31 +737,6 @@ class LocalBackend(Backend):
                 if len(self._workers) < self.max_workers:
                     self._spawn(w.gpus)  # keep the pool as warm as it was
                 self._drain()
-
-    def _death_error(self, w: _Worker, call: _Call, code: int | None) -> BaseException:
-        iid = call.future.invocation_id
-        if w.timed_out:
-            return CallTimeout(
-                f"call {iid} ({call.fn_name}) ran past its timeout_s={call.resources.timeout_s}"
-                f"; its worker (pid {w.pid}) was killed",
-                iid,
-            )
-        how = f"exit code {code}"
-        if code is not None and code < 0:
-            with contextlib.suppress(ValueError):
-                how = f"killed by {signal.Signals(-code).name}"
-        return WorkerDied(
-            f"the worker running call {iid} ({call.fn_name}) died ({how}); the pool replaced "
-            "it. A segfault, os._exit or the kernel's OOM killer can cause this.",
-            iid,
-            code,
-        )
-
-
-def _release_result(ref: weakref.ref[_Worker], pid: int, name: str) -> None:
-    w = ref()
-    if w is not None and w.pid == pid and w.state != DEAD:
-        w.releases.append(name)
 
 
 @atexit.register

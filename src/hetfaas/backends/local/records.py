@@ -1,0 +1,94 @@
+"""Records the local pool keeps: one per call in flight, one per worker process."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+import weakref
+from collections import deque
+
+from ...exceptions import CallTimeout, WorkerDied
+
+STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+
+
+class CallRecord:
+    """One call from submit to its result."""
+
+    __slots__ = (
+        "capture", "cold_ns", "data", "descs", "digest", "fn_name", "future", "leases",
+        "payload", "resources", "started", "t_bind", "t_disp", "t_ser", "t_submit",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.cold_ns = 0
+        self.started = False
+
+
+class WorkerHandle:
+    """One worker process, as the pool sees it."""
+
+    __slots__ = (
+        "__weakref__",
+        "conn",
+        "cpus",
+        "deadline",
+        "fd",
+        "gpu_share",
+        "gpus",
+        "idle_since",
+        "index",
+        "inflight",
+        "pid",
+        "proc",
+        "ready_ns",
+        "releases",
+        "shipped",
+        "spawned_ns",
+        "state",
+        "timed_out",
+    )  # fmt: skip
+
+    def __init__(self, index: int, gpus: tuple[int, ...]) -> None:
+        self.index = index
+        self.gpus = gpus
+        self.gpu_share = 0.0
+        self.cpus: tuple[int, ...] = ()
+        self.state = STARTING
+        self.inflight: deque[CallRecord] = deque()
+        self.shipped: set[bytes] = set()
+        self.releases: deque[str] = deque()
+        self.deadline = 0
+        self.timed_out = False
+        self.pid = 0
+        self.ready_ns = 0
+        self.idle_since = 0
+        self.spawned_ns = time.perf_counter_ns()
+
+
+def death_error(w: WorkerHandle, call: CallRecord, code: int | None) -> BaseException:
+    """The error for the call a dead worker was running: timeout or crash, said plainly."""
+    iid = call.future.invocation_id
+    if w.timed_out:
+        return CallTimeout(
+            f"call {iid} ({call.fn_name}) ran past its timeout_s={call.resources.timeout_s}"
+            f"; its worker (pid {w.pid}) was killed",
+            iid,
+        )
+    how = f"exit code {code}"
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            how = f"killed by {signal.Signals(-code).name}"
+    return WorkerDied(
+        f"the worker running call {iid} ({call.fn_name}) died ({how}); the pool replaced "
+        "it. A segfault, os._exit or the kernel's OOM killer can cause this.",
+        iid,
+        code,
+    )
+
+
+def release_result(ref: weakref.ref[WorkerHandle], pid: int, name: str) -> None:
+    w = ref()
+    if w is not None and w.pid == pid and w.state != DEAD:
+        w.releases.append(name)
