@@ -24,7 +24,8 @@ from ... import serialize
 from ...shm import AttachCache, Segment, SegmentPool
 from . import protocol as P
 
-FLUSH_NS = 2_000_000  # replies of a batch are held at most this long
+FLUSH_NS = 2_000_000  # a reply waits at most this long for the next ones of its batch
+LONG_NS = 100_000  # the reply of a call that took longer than this is sent at once
 FLUSH_COUNT = 256
 
 
@@ -82,12 +83,14 @@ class Worker:
             first = 0
             for call in calls:
                 slot = self.index * P.CONTROL_SLOT
-                pack("<qq", self.control, slot, call[0], time.perf_counter_ns())
+                t_call = time.perf_counter_ns()
+                pack("<qq", self.control, slot, call[0], t_call)
                 pending.append((*self.execute(call), recv_ns))
                 now = time.perf_counter_ns()
                 if not first:
                     first = now
-                if len(pending) >= FLUSH_COUNT or now - first >= FLUSH_NS:
+                # Short calls share a message; a reply never waits behind a long call.
+                if len(pending) >= FLUSH_COUNT or now - first >= FLUSH_NS or now - t_call > LONG_NS:
                     self.conn.send(pickle.dumps((P.RESULTS, pending), protocol=5))
                     pending, first = [], 0
             if pending:
