@@ -239,3 +239,12 @@ def test_concurrent_futures_helpers_and_callbacks(ex):
     assert not pending and sorted(f.result() for f in done) == [2 * i for i in range(20)]
     assert sorted(f.result() for f in cf.as_completed(ex.map_futures(fx.add, [1], [2]))) == [3]
     assert seen == [0]
+
+
+def test_memory_reservations_are_returned_and_respected():
+    with hetfaas.Executor(memory_mb=1000) as ex:
+        big = ex.options(memory_mb=600)
+        assert [big.submit(fx.add, i, 1).result(timeout=60) for i in range(4)] == [1, 2, 3, 4]
+        runs = [f.result(timeout=60) for f in [big.submit(fx.where, 0.2) for _ in range(2)]]
+        a, b = runs
+        assert a["end"] <= b["start"] or b["end"] <= a["start"]  # 2 x 600 MB never together

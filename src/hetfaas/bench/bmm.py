@@ -146,30 +146,26 @@ def _resources(cpus: int = 1, gpus: float = 0) -> Any:
     return Resources(cpus=cpus, gpus=gpus)
 
 
-def bare_cpu(A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
-    """``bmm_single`` run by ``hetfaas.bare_metal`` in this process on one pinned thread."""
+def _bare(kernel: Any, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
     import hetfaas
 
     t0 = time.perf_counter_ns()
-    C, timings = hetfaas.bare_metal(bmm_single, A, B, cpus=1, repeat=repeat)
+    C, timings = hetfaas.bare_metal(kernel, A, B, cpus=1, repeat=repeat)
     t1 = time.perf_counter_ns()
     rec = {"index": 0, "invocation_id": None, **timings.as_dict()}
     trial = _trial(t0, t1, C, ref, int(A.shape[2]), [rec])
     trial["time_s"] = timings.compute_us / 1e6
     return trial
+
+
+def bare_cpu(A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
+    """``bmm_single`` run by ``hetfaas.bare_metal`` in this process on one pinned thread."""
+    return _bare(bmm_single, A, B, repeat, ref)
 
 
 def bare_gpu(A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
     """``bmm_gpu`` run by ``hetfaas.bare_metal`` in this process (copies included)."""
-    import hetfaas
-
-    t0 = time.perf_counter_ns()
-    C, timings = hetfaas.bare_metal(bmm_gpu, A, B, cpus=1, repeat=repeat)
-    t1 = time.perf_counter_ns()
-    rec = {"index": 0, "invocation_id": None, **timings.as_dict()}
-    trial = _trial(t0, t1, C, ref, int(A.shape[2]), [rec])
-    trial["time_s"] = timings.compute_us / 1e6
-    return trial
+    return _bare(bmm_gpu, A, B, repeat, ref)
 
 
 def call_single_cpu(ex: Any, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:

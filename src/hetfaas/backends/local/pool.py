@@ -123,7 +123,6 @@ class LocalBackend(Backend):
         self._queues: dict[bool, deque[CallRecord]] = {True: deque(), False: deque()}
         self._workers: dict[int, WorkerHandle] = {}
         self._fn_ns: dict[bytes, float] = {}  # compute time per function (moving average)
-        self._by_conn: dict[P.Channel, WorkerHandle] = {}
         self._by_fd: dict[int, WorkerHandle] = {}
         self._poller = select.poll()
         self._lock = threading.RLock()
@@ -338,8 +337,8 @@ class LocalBackend(Backend):
         self._free_cpus.difference_update(placement.cpus)
         for d in placement.gpus:
             self._gpu_free[d] -= placement.gpu_share
-        if res.memory_mb:
-            self._mem_free -= res.memory_mb
+        w.memory_mb = res.memory_mb or 0
+        self._mem_free -= w.memory_mb
         w.cpus = placement.cpus
         w.gpu_share = placement.gpu_share
         now = time.perf_counter_ns()
@@ -406,6 +405,8 @@ class LocalBackend(Backend):
             if d in self._gpu_free:
                 self._gpu_free[d] = min(1.0, self._gpu_free[d] + w.gpu_share)
         w.gpu_share = 0.0
+        self._mem_free += w.memory_mb
+        w.memory_mb = 0
         w.deadline = 0
         if w.state != DEAD:
             w.state = IDLE
@@ -454,7 +455,6 @@ class LocalBackend(Backend):
         w.fd = w.conn.fd
         w.pid = w.proc.pid
         self._workers[index] = w
-        self._by_conn[w.conn] = w
         self._by_fd[w.fd] = w
         self._poller.register(w.fd, select.POLLIN)
         self._poke()
@@ -473,7 +473,6 @@ class LocalBackend(Backend):
 
     def _forget_worker(self, w: WorkerHandle) -> None:
         self._workers.pop(w.index, None)
-        self._by_conn.pop(w.conn, None)
         if self._by_fd.pop(w.fd, None) is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._poller.unregister(w.fd)
@@ -494,7 +493,7 @@ class LocalBackend(Backend):
         CPU, so it parks while nothing is in flight and naps while callers read themselves.
         """
         while True:
-            if self._closed and not self._by_conn:
+            if self._closed and not self._by_fd:
                 return
             with self._lock:
                 idle = not any(self._queues.values()) and not any(

@@ -40,6 +40,7 @@ class WorkerHandle:
         "idle_since",
         "index",
         "inflight",
+        "memory_mb",
         "pid",
         "proc",
         "ready_ns",
@@ -54,6 +55,7 @@ class WorkerHandle:
         self.index = index
         self.gpus = gpus
         self.gpu_share = 0.0
+        self.memory_mb = 0
         self.cpus: tuple[int, ...] = ()
         self.state = STARTING
         self.inflight: deque[CallRecord] = deque()
