@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -116,12 +117,15 @@ class Executor:
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
     ) -> Iterator[Any]:
-        """Like ``concurrent.futures.Executor.map``: results in order, the first error raised."""
+        """Like ``concurrent.futures.Executor.map``: results in order, the first error raised;
+        ``timeout`` bounds the whole map, counted from this call."""
+        end = None if timeout is None else time.monotonic() + timeout
         futures = self.map_futures(fn, *iterables)
 
         def results() -> Iterator[Any]:
             for fut in futures:
-                yield fut.result(timeout)
+                fut_timeout = None if end is None else max(0.0, end - time.monotonic())
+                yield fut.result(fut_timeout)
 
         return results()
 

@@ -20,7 +20,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._executor import Executor
 from ._future import Future
@@ -39,6 +39,14 @@ _STATE_NAMES = {
     State.FAILED: "FAILED",
     State.CANCELLED: "CANCELLED",
 }
+
+
+class JobPaths(NamedTuple):
+    """Where a job's logs are written, as Submitit's ``job.paths``."""
+
+    folder: Path
+    stdout: Path
+    stderr: Path
 
 
 class Job:
@@ -91,13 +99,12 @@ class Job:
         return self._future.cancel()
 
     @property
-    def paths(self) -> Any:
-        class _Paths:
-            stdout = self._folder / f"{self.job_id}_0_log.out"
-            stderr = self._folder / f"{self.job_id}_0_log.err"
-            folder = self._folder
-
-        return _Paths
+    def paths(self) -> JobPaths:
+        return JobPaths(
+            self._folder,
+            self._folder / f"{self.job_id}_0_log.out",
+            self._folder / f"{self.job_id}_0_log.err",
+        )
 
     def stdout(self) -> str | None:
         """What the job printed (None while it has not finished)."""
@@ -188,4 +195,4 @@ class AutoExecutor:
 
 LocalExecutor = AutoExecutor
 
-__all__ = ["AutoExecutor", "Job", "LocalExecutor"]
+__all__ = ["AutoExecutor", "Job", "JobPaths", "LocalExecutor"]

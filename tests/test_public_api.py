@@ -1,0 +1,31 @@
+"""The public surface: every name in __all__ exists, and the error tree holds."""
+
+import concurrent.futures as cf
+
+import pytest
+
+import hetfaas
+from hetfaas import exceptions
+
+from . import pool_funcs as fx
+
+
+def test_all_names_exist():
+    for name in hetfaas.__all__:
+        assert hasattr(hetfaas, name), name
+    assert set(exceptions.__all__) <= set(hetfaas.__all__)
+
+
+def test_error_tree():
+    for name in exceptions.__all__:
+        cls = getattr(exceptions, name)
+        if name != "RemoteTraceback":
+            assert issubclass(cls, hetfaas.HetfaasError), name
+    assert issubclass(hetfaas.CallTimeout, TimeoutError)
+    assert issubclass(hetfaas.CallCancelled, cf.CancelledError)
+    assert issubclass(hetfaas.ResourceError, ValueError)
+
+
+def test_map_timeout_bounds_the_whole_map(ex):
+    with pytest.raises(TimeoutError):
+        list(ex.map(fx.sleepy, [0.4, 0.4, 0.4, 0.4], timeout=0.5))
