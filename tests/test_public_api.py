@@ -29,3 +29,10 @@ def test_error_tree():
 def test_map_timeout_bounds_the_whole_map(ex):
     with pytest.raises(TimeoutError):
         list(ex.map(fx.sleepy, [0.4, 0.4, 0.4, 0.4], timeout=0.5))
+
+
+def test_unknown_backend_option_is_named():
+    with pytest.raises(hetfaas.ConfigurationError, match=r"max_worker.*max_workers"):
+        hetfaas.Executor(max_worker=2)
+    with pytest.raises(hetfaas.ConfigurationError, match="spin_us"):
+        hetfaas.Executor(spin_us=-1)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
-from ..exceptions import UnknownBackendError
+from ..exceptions import ConfigurationError, UnknownBackendError
 from .base import Backend, CallSpec, Capacity
 
 _REGISTRY: dict[str, str] = {"local": "hetfaas.backends.local:LocalBackend"}
@@ -35,6 +36,14 @@ def create(name: str, **options: Any) -> Backend:
     cls = getattr(importlib.import_module(module), cls_name)
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise TypeError(f"{target} is not a hetfaas Backend subclass")
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {unknown} for backend {name!r}; it takes: "
+                f"{', '.join(sorted(params))}"
+            )
     return cls(**options)
 
 
