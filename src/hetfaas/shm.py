@@ -101,9 +101,15 @@ class Segment:
 class SegmentPool:
     """Reusable segments owned by one process; idle bytes above ``max_idle_bytes`` are freed."""
 
-    def __init__(self, tag: str, max_idle_bytes: int = 4 << 30) -> None:
+    def __init__(
+        self,
+        tag: str,
+        max_idle_bytes: int = 4 << 30,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
         self.tag = tag
         self.max_idle_bytes = max_idle_bytes
+        self.on_drop = on_drop  # told the name of each segment given up (others may map it)
         self._free: list[Segment] = []  # sorted by size
         self._all: dict[str, Segment] = {}
         self._lock = threading.Lock()
@@ -140,6 +146,8 @@ class SegmentPool:
     def _drop(self, seg: Segment) -> None:
         self._all.pop(seg.name, None)
         seg.unlink()
+        if self.on_drop is not None:
+            self.on_drop(seg.name)
 
     def get(self, name: str) -> Segment | None:
         return self._all.get(name)

@@ -248,3 +248,20 @@ def test_memory_reservations_are_returned_and_respected():
         runs = [f.result(timeout=60) for f in [big.submit(fx.where, 0.2) for _ in range(2)]]
         a, b = runs
         assert a["end"] <= b["start"] or b["end"] <= a["start"]  # 2 x 600 MB never together
+
+
+def test_workers_unmap_argument_segments_the_caller_gave_up():
+    with hetfaas.Executor(max_workers=1, cpus=1) as ex:
+        ex.backend._args.max_idle_bytes = 0  # give every argument segment up after its call
+        t = torch.randn(2_000_000)
+        fut = ex.submit(fx.where)
+        pid = fut.result(timeout=60)["pid"]
+        ex.submit(fx.ident, t).result(timeout=60)
+
+        def mapped():
+            with open(f"/proc/{pid}/maps") as f:
+                return [line for line in f if f"hetfaas-{os.getpid()}-a-" in line]
+
+        assert mapped()  # still mapped: the worker has not heard yet
+        ex.submit(fx.add, 1, 1).result(timeout=60)  # carries the news
+        assert mapped() == []

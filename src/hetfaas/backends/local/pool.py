@@ -128,7 +128,9 @@ class LocalBackend(Backend):
         self._lock = threading.RLock()
         self._closing = False
         self._closed = False
-        self._args = SegmentPool("a", max_idle_bytes=min(4 << 30, (total_mb << 20) // 10))
+        self._args = SegmentPool(
+            "a", max_idle_bytes=min(4 << 30, (total_mb << 20) // 10), on_drop=self._unmap_everywhere
+        )
         self._attach = AttachCache()
         self._control = Segment.create(segment_name("c"), 4096)
         self._max_index = 4096 // P.CONTROL_SLOT
@@ -479,6 +481,12 @@ class LocalBackend(Backend):
         with contextlib.suppress(OSError):
             w.conn.close()
         self._attach.forget_prefix(f"hetfaas-{w.pid}-")
+
+    def _unmap_everywhere(self, name: str) -> None:
+        """An argument segment was given up: workers drop their mappings with their next
+        message, so its memory is freed."""
+        for w in list(self._workers.values()):
+            w.releases.append(name)
 
     def _poke(self) -> None:
         with contextlib.suppress(OSError):

@@ -3,7 +3,7 @@
 caller -> worker
     (CALLS, [call, ...], releases)   call = (seq, digest, fn_payload | None, data, descs, cpus,
                                      capture_output); releases: result segments the caller
-                                     no longer uses
+                                     no longer uses, and argument segments it gave up
     (EXIT,)
 worker -> caller
     (READY, pid, ready_ns, preload_ns)

@@ -75,10 +75,12 @@ class Worker:
             if msg[0] == P.EXIT:
                 return
             _, calls, releases = msg
-            for name in releases:
+            for name in releases:  # result segments free again, argument segments given up
                 seg = self.results.get(name)
                 if seg is not None:
                     self.results.release(seg)
+                else:
+                    self.attach.forget(name)
             pending: list[tuple[Any, ...]] = []
             first = 0
             for call in calls:
