@@ -11,7 +11,11 @@
     │   ├── RemoteError               the function raised and its exception could not travel back
     │   ├── CallTimeout               the call ran past its timeout_s; its worker was killed
     │   ├── WorkerDied                the worker running the call died (crash, os._exit, OOM kill)
-    │   └── CallCancelled             the call was cancelled or its executor shut down first
+    │   ├── CallCancelled             the call was cancelled or its executor shut down first
+    │   └── JobFailed                 an engine's job (Slurm, ...) ended without a result
+    │       ├── JobCancelled          cancelled in the engine (scancel)
+    │       └── JobTimeout            past the engine's time limit (also a CallTimeout)
+    ├── EngineError                   an engine refused a submission (sbatch failed, ...)
     └── ExecutorShutdownError         submit after shutdown
 
 An exception raised inside a function is re-raised in the caller with its own type when it can
@@ -86,6 +90,37 @@ class CallCancelled(CallError, concurrent.futures.CancelledError):
     """The call was cancelled before it ran."""
 
 
+class JobFailed(CallError):
+    """An engine's job ended without a result; carries its id, state and stderr tail."""
+
+    def __init__(
+        self,
+        message: str,
+        invocation_id: str | None = None,
+        job_id: str = "",
+        state: str = "",
+        stderr_tail: str = "",
+    ) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.stderr_tail = stderr_tail
+        if stderr_tail:
+            message = f"{message}\n--- stderr (tail) ---\n{stderr_tail}"
+        super().__init__(message, invocation_id)
+
+
+class JobCancelled(JobFailed):
+    """The engine cancelled the job (``scancel``, preemption without requeue)."""
+
+
+class JobTimeout(JobFailed, CallTimeout):
+    """The job ran past the engine's time limit."""
+
+
+class EngineError(HetfaasError, RuntimeError):
+    """An engine refused a submission or cannot be reached."""
+
+
 class ExecutorShutdownError(HetfaasError, RuntimeError):
     """The executor was shut down; it accepts no more calls."""
 
@@ -106,8 +141,12 @@ __all__ = [
     "CallError",
     "CallTimeout",
     "ConfigurationError",
+    "EngineError",
     "ExecutorShutdownError",
     "HetfaasError",
+    "JobCancelled",
+    "JobFailed",
+    "JobTimeout",
     "RemoteError",
     "RemoteTraceback",
     "ResourceError",

@@ -9,7 +9,12 @@ from typing import Any
 from ..exceptions import ConfigurationError, UnknownBackendError
 from .base import Backend, CallSpec, Capacity
 
-_REGISTRY: dict[str, str] = {"local": "hetfaas.backends.local:LocalBackend"}
+_REGISTRY: dict[str, str] = {
+    "local": "hetfaas.backends.local:LocalBackend",
+    "submitit-local": "hetfaas.backends.submitit_backend:SubmititLocalBackend",
+    "slurm": "hetfaas.backends.submitit_backend:SlurmBackend",
+    "ray": "hetfaas.backends.ray_backend:RayBackend",
+}
 
 
 def register(name: str, target: str | type[Backend]) -> None:
@@ -33,7 +38,10 @@ def create(name: str, **options: Any) -> Backend:
     except KeyError:
         raise UnknownBackendError(name, list(_REGISTRY)) from None
     module, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"backend {name!r} is not available here: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise TypeError(f"{target} is not a hetfaas Backend subclass")
     params = inspect.signature(cls).parameters

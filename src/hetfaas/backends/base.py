@@ -46,7 +46,8 @@ class Backend(ABC):
     name: ClassVar[str] = ""
 
     def prepare(self, spec: CallSpec) -> Any:
-        """Validate and serialize one call; raise ResourceError/SerializationError here."""
+        """Validate and serialize one call; raise ResourceError/SerializationError here.
+        What it returns must carry the call's ``future`` attribute."""
         return spec
 
     @abstractmethod

@@ -1,0 +1,157 @@
+"""What engines that run a call in a process of their own (Submitit/Slurm, Ray) share.
+
+A call travels as one :class:`Payload`: the function and its arguments pickled with
+cloudpickle in the caller. The engine runs :func:`run_payload` in its worker process, which
+unpickles, sizes the thread pools to the call's cores, runs the function and returns a
+:class:`Reply` with wall-clock stamps (``time.time_ns``: the caller and the engine's worker may
+be on different machines, so a monotonic clock cannot be shared; on one machine the stamps
+are exact, across machines they carry the clocks' skew). :func:`complete` turns a reply into
+the future's result or exception and its timings.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from .._future import Future
+from .._resources import Resources
+from ..exceptions import RemoteError, RemoteTraceback, SerializationError
+from ..serialize import dump_function
+
+_loaded: dict[bytes, Any] = {}  # functions already unpickled in this engine process
+
+
+@dataclass
+class Payload:
+    """One call as shipped to an engine."""
+
+    digest: bytes
+    fn: bytes
+    args: bytes
+    cpus: int
+    gpus: float
+    fn_name: str
+    submitted_ns: int = 0  # wall clock, caller
+    pickled_ns: int = 0
+    sys_path: tuple[str, ...] = ()  # the caller's, so modules it can import resolve there too
+
+    @classmethod
+    def build(
+        cls, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], resources: Resources
+    ) -> Payload:
+        t0 = time.time_ns()
+        digest, fn_bytes = dump_function(fn)
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        try:
+            data = cloudpickle.dumps((args, kwargs), protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"the arguments of {name} cannot be pickled: {type(exc).__name__}: {exc}"
+            ) from exc
+        paths = tuple(dict.fromkeys(p or os.getcwd() for p in sys.path))
+        return cls(
+            digest, fn_bytes, data, resources.cpus, resources.gpus, name, t0, time.time_ns(), paths
+        )
+
+
+@dataclass
+class Reply:
+    """What :func:`run_payload` returns to the caller."""
+
+    ok: bool
+    data: bytes  # pickled value, or pickled (exception, traceback) / (type, message, traceback)
+    exception_is_text: bool = False
+    begin_ns: int = 0  # the wrapper started (wall clock, engine side)
+    start_ns: int = 0
+    end_ns: int = 0
+    load_ns: int = 0  # unpickling the function the first time in this process (cold)
+    pid: int = 0
+    host: str = ""
+    cpus: tuple[int, ...] = field(default_factory=tuple)
+    gpus: str = ""
+
+
+def run_payload(payload: Payload) -> Reply:
+    """Run one call inside an engine's worker process. Never raises: errors travel back."""
+    begin = time.time_ns()
+    load_ns = start = 0
+    sys.path.extend(p for p in payload.sys_path if p not in sys.path)
+    try:
+        fn = _loaded.get(payload.digest)
+        if fn is None:
+            t = time.time_ns()
+            fn = pickle.loads(payload.fn)
+            _loaded[payload.digest] = fn
+            load_ns = time.time_ns() - t
+        args, kwargs = pickle.loads(payload.args)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != payload.cpus:
+            torch.set_num_threads(payload.cpus)
+        start = time.time_ns()
+        value = fn(*args, **kwargs)
+        end = time.time_ns()
+        try:
+            data = cloudpickle.dumps(value, protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"the result of {payload.fn_name} cannot be pickled: {type(exc).__name__}: {exc}"
+            ) from exc
+        ok, text = True, False
+    except BaseException as exc:  # every error of the call goes back to the caller
+        end = time.time_ns()
+        start = start or end
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        ok = False
+        try:
+            if not isinstance(exc, Exception):
+                raise TypeError("not an Exception")
+            data, text = cloudpickle.dumps((exc, tb), protocol=5), False
+        except Exception:
+            data, text = pickle.dumps((type(exc).__qualname__, str(exc), tb)), True
+    return Reply(
+        ok, data, text, begin, start, end, load_ns, os.getpid(), os.uname().nodename,
+        tuple(sorted(os.sched_getaffinity(0))), os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    )  # fmt: skip
+
+
+def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
+    """Settle ``fut`` from ``reply``, with timings: the engine's part (submitting, pending,
+    launching a process) is the queue phase."""
+    done = time.time_ns()
+    exc: BaseException | None = None
+    value = None
+    try:
+        if reply.ok:
+            value = pickle.loads(reply.data)
+        elif reply.exception_is_text:
+            type_name, message, tb = pickle.loads(reply.data)
+            exc = RemoteError(type_name, message, tb, fut.invocation_id)
+        else:
+            exc, tb = pickle.loads(reply.data)
+            exc.__cause__ = RemoteTraceback(tb)
+    except Exception as e:  # a result this process cannot unpickle (a missing module, ...)
+        exc = e
+    t0 = payload.submitted_ns
+    total = done - t0
+    compute = reply.end_ns - reply.start_ns
+    cold = reply.load_ns
+    t_in = (payload.pickled_ns - t0) + max(0, reply.start_ns - reply.begin_ns - cold)
+    t_out = done - reply.end_ns
+    queue = total - cold - t_in - compute - t_out  # the engine: submit, pending, launch
+    gpus = tuple(int(g) for g in reply.gpus.split(",") if g.strip().isdigit())
+    fut._stamps = (
+        queue, cold, t_in, compute, t_out, total, t0, reply.start_ns, reply.end_ns, done,
+        -1, reply.pid, reply.cpus, gpus, backend,
+    )  # fmt: skip
+    if exc is None:
+        fut.set_result(value)
+    else:
+        fut.set_exception(exc)

@@ -1,0 +1,309 @@
+"""Submitit's engines as hetfaas backends: ``"submitit-local"`` and ``"slurm"``.
+
+Each call becomes a Submitit job running :func:`remote.run_payload`; calls dispatched together
+with the same resources go in one ``executor.batch()``, which Slurm runs as a job array.
+Completion is not detected with Submitit's ``result()`` (it sleeps a second between checks):
+one watcher thread looks for each job's result file at an interval that starts at 2 ms and
+grows to 50 ms while nothing happens, and asks the engine for the state of jobs that produced
+no result (cancelled, killed, timed out) once a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .._future import Future
+from .._resources import Resources
+from ..exceptions import (
+    ConfigurationError,
+    EngineError,
+    ExecutorShutdownError,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    ResourceError,
+)
+from .base import Backend, CallSpec, Capacity
+from .remote import Payload, Reply, complete, run_payload
+
+_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+          "PREEMPTED", "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "FINISHED", "DONE"}  # fmt: skip
+_STATE_EVERY_S = 1.0
+_GRACE_S = 3.0  # a job the engine says has ended may still be writing its result
+
+
+def _import_submitit() -> Any:
+    try:
+        import submitit
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the submitit backends need Submitit: pip install submitit"
+        ) from exc
+    return submitit
+
+
+class _Prepared:
+    __slots__ = ("future", "params", "payload")
+
+    def __init__(self, future: Future, payload: Payload, params: dict[str, Any]) -> None:
+        self.future = future
+        self.payload = payload
+        self.params = params
+
+
+class _Pending:
+    __slots__ = ("ended_at", "future", "job", "payload")
+
+    def __init__(self, future: Future, payload: Payload, job: Any) -> None:
+        self.future = future
+        self.payload = payload
+        self.job = job
+        self.ended_at = 0.0
+
+
+class SubmititBackend(Backend):
+    """The shared part of the Submitit engines; subclasses make the Submitit executor."""
+
+    name = "submitit"
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None, **parameters: Any) -> None:
+        self._submitit = _import_submitit()
+        self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="hetfaas-jobs-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._parameters = parameters
+        self._executor = self._make_executor()
+        self._pending: list[_Pending] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._watcher = threading.Thread(target=self._watch, name="hetfaas-jobs", daemon=True)
+        self._watcher.start()
+
+    # -------------------------------------------------------------- engine specifics
+
+    def _make_executor(self) -> Any:
+        raise NotImplementedError
+
+    def _engine_parameters(self, res: Resources) -> dict[str, Any]:
+        params: dict[str, Any] = {"cpus_per_task": res.cpus}
+        if res.timeout_s is not None:
+            params["timeout_min"] = max(1, math.ceil(res.timeout_s / 60))
+        if res.memory_mb is not None:
+            params["mem_gb"] = res.memory_mb / 1024
+        if res.gpus:
+            if res.gpus != int(res.gpus):
+                raise ResourceError(
+                    f"gpus={res.gpus}: {self.name} allocates whole GPUs, not shares of one"
+                )
+            params["gpus_per_node"] = int(res.gpus)
+        return params
+
+    # -------------------------------------------------------------- Backend API
+
+    def capacity(self) -> Capacity:
+        cpus = len(os.sched_getaffinity(0))
+        return Capacity(cpus, 0, (), cpus, 0)
+
+    def prepare(self, spec: CallSpec) -> _Prepared:
+        params = self._engine_parameters(spec.resources)  # bad requests fail here, at submit
+        payload = Payload.build(spec.fn, spec.args, spec.kwargs, spec.resources)
+        return _Prepared(spec.future, payload, params)
+
+    def dispatch(self, prepared: list[Any]) -> None:
+        if self._closing:
+            raise ExecutorShutdownError("this executor is shut down; it accepts no calls")
+        groups: dict[tuple[Any, ...], list[_Prepared]] = {}
+        for item in prepared:
+            groups.setdefault(tuple(sorted(item.params.items())), []).append(item)
+        for items in groups.values():
+            live = [it for it in items if it.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            self._executor.update_parameters(**{**self._parameters, **live[0].params})
+            try:
+                if len(live) == 1:
+                    jobs = [self._executor.submit(run_payload, live[0].payload)]
+                else:
+                    with self._executor.batch():  # one job array on Slurm
+                        jobs = [self._executor.submit(run_payload, it.payload) for it in live]
+            except Exception as exc:
+                err = EngineError(f"{self.name} refused the submission: {exc}")
+                for it in live:
+                    it.future.set_exception(err)
+                raise err from exc
+            with self._lock:
+                self._pending += [
+                    _Pending(it.future, it.payload, job) for it, job in zip(live, jobs, strict=True)
+                ]
+            self._wake.set()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self._closing = True
+        if cancel_futures:
+            with self._lock:
+                for p in self._pending:
+                    with contextlib.suppress(Exception):
+                        p.job.cancel(check=False)
+        if wait:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        break
+                time.sleep(0.01)
+        self._wake.set()
+        self._watcher.join(timeout=5)
+
+    # -------------------------------------------------------------- completion
+
+    def _watch(self) -> None:
+        interval = 0.002
+        last_states = time.monotonic()
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+            if not pending:
+                if self._closing:
+                    return
+                self._wake.wait(1.0)
+                self._wake.clear()
+                interval = 0.002
+                continue
+            finished = [p for p in pending if p.job.paths.result_pickle.exists()]
+            for p in finished:
+                self._settle(p)
+            now = time.monotonic()
+            if now - last_states >= _STATE_EVERY_S:
+                last_states = now
+                for p in pending:
+                    if p not in finished:
+                        self._check_state(p, now)
+            with self._lock:
+                gone = {id(p) for p in pending if p.future.done()}
+                self._pending = [p for p in self._pending if id(p) not in gone]
+            interval = 0.002 if finished else min(0.05, interval * 1.5)
+            if self._wake.wait(interval):
+                self._wake.clear()
+                interval = 0.002
+
+    def _settle(self, p: _Pending) -> None:
+        from submitit.core.utils import pickle_load
+
+        try:
+            outcome, value = pickle_load(p.job.paths.result_pickle)
+        except EOFError:  # still being written
+            return
+        if outcome == "success" and isinstance(value, Reply):
+            complete(p.future, p.payload, value, self.name)
+        else:
+            p.future.set_exception(
+                JobFailed(f"job {p.job.job_id} failed in the engine:\n{value}",
+                          p.future.invocation_id, str(p.job.job_id), "FAILED", _tail(p.job))
+            )  # fmt: skip
+
+    def _check_state(self, p: _Pending, now: float) -> None:
+        try:
+            state = str(p.job.state).split()[0].upper()
+        except Exception:
+            return
+        if state not in _ENDED:
+            return
+        if not p.ended_at:
+            p.ended_at = now
+            return
+        if now - p.ended_at < _GRACE_S or p.job.paths.result_pickle.exists():
+            return
+        job_id, iid, tail = str(p.job.job_id), p.future.invocation_id, _tail(p.job)
+        if state == "CANCELLED":
+            exc: Exception = JobCancelled(f"job {job_id} was cancelled", iid, job_id, state, tail)
+        elif state in ("TIMEOUT", "DEADLINE"):
+            exc = JobTimeout(f"job {job_id} ran past its time limit", iid, job_id, state, tail)
+        else:
+            message = f"job {job_id} ended {state} without a result"
+            exc = JobFailed(message, iid, job_id, state, tail)
+        p.future.set_exception(exc)
+
+
+def _tail(job: Any, lines: int = 20) -> str:
+    with contextlib.suppress(Exception):
+        text = job.stderr() or ""
+        return "\n".join(text.splitlines()[-lines:])
+    return ""
+
+
+class SubmititLocalBackend(SubmititBackend):
+    """Submitit's ``LocalExecutor``: each call a job in a new local process."""
+
+    name = "submitit-local"
+
+    def _make_executor(self) -> Any:
+        return self._submitit.LocalExecutor(folder=self.folder)
+
+    def _engine_parameters(self, res: Resources) -> dict[str, Any]:
+        params = super()._engine_parameters(res)
+        params.pop("mem_gb", None)
+        params.pop("cpus_per_task", None)  # the local executor runs each job as one process
+        if "gpus_per_node" in params:
+            params["visible_gpus"] = tuple(range(params.pop("gpus_per_node")))
+        return {"timeout_min": params.get("timeout_min", 60 * 24), **params}
+
+
+class SlurmBackend(SubmititBackend):
+    """Submitit's ``SlurmExecutor`` on a real Slurm cluster.
+
+    Options: ``folder`` (shared by the submitter and the nodes), ``partition``, and any
+    ``slurm_*`` parameter of Submitit (e.g. ``slurm_additional_parameters``).
+    """
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str] | None = None,
+        partition: str | None = None,
+        **parameters: Any,
+    ) -> None:
+        _check_slurm()
+        if partition is not None:
+            parameters["slurm_partition"] = partition
+        super().__init__(folder, **parameters)
+
+    def _make_executor(self) -> Any:
+        return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm")
+
+    def capacity(self) -> Capacity:
+        out = _run(["sinfo", "-h", "-o", "%c %G %m"]).split()
+        cpus = int(out[0]) if out and out[0].isdigit() else 0
+        gres = out[1] if len(out) > 1 else ""
+        gpus = int(gres.rsplit(":", 1)[-1]) if gres.startswith("gpu:") else 0
+        mem = int(out[2]) if len(out) > 2 and out[2].isdigit() else 0
+        return Capacity(cpus, gpus, (), cpus, mem)
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=15, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigurationError(f"{' '.join(cmd)} failed: {exc}") from exc
+
+
+def _check_slurm() -> None:
+    if shutil.which("sbatch") is None:
+        raise ConfigurationError(
+            "Slurm is not installed here (no sbatch on PATH); start one with scripts/slurm-up"
+        )
+    try:
+        _run(["sinfo", "-h"])
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"Slurm is not reachable: {exc}") from None
+
