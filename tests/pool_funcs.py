@@ -79,3 +79,9 @@ def visible_gpus(sleep_s=0.0):
     t0 = time.perf_counter_ns()
     time.sleep(sleep_s)
     return os.environ.get("CUDA_VISIBLE_DEVICES"), t0, time.perf_counter_ns()
+
+
+def job_env():
+    """What a job sees of its allocation."""
+    return {k: os.environ.get(k) for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID",
+                                           "CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK")}

@@ -30,7 +30,8 @@ class Future(cf.Future):  # type: ignore[type-arg]
     """The handle of one call. Works with ``concurrent.futures.wait``/``as_completed``.
 
     Adds ``invocation_id``, ``state`` (a :class:`State`), ``timings`` (a :class:`Timings`, set
-    when the call ends) and the captured ``stdout``/``stderr`` when the executor captures them.
+    when the call ends), the captured ``stdout``/``stderr`` when the executor captures them,
+    and ``engine_id`` where an engine names the call itself (a Slurm job id).
     """
 
     def __init__(self, prefix: str, seq: int) -> None:  # no super().__init__: lazy condition
@@ -47,6 +48,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._waiter_hook: Callable[[Future, float | None], None] | None = None  # (fut, deadline)
         self.stdout = ""
         self.stderr = ""
+        self.engine_id: str | None = None  # the engine's own id (a Slurm job id, ...)
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]

@@ -140,6 +140,8 @@ class SubmititBackend(Backend):
                 for it in live:
                     it.future.set_exception(err)
                 raise err from exc
+            for it, job in zip(live, jobs, strict=True):
+                it.future.engine_id = str(job.job_id)
             with self._lock:
                 self._pending += [
                     _Pending(it.future, it.payload, job) for it, job in zip(live, jobs, strict=True)
