@@ -60,3 +60,17 @@ def test_slurm_backend_says_when_slurm_is_missing(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(hetfaas.ConfigurationError, match="sbatch"):
         hetfaas.Executor("slurm")
+
+
+def test_packing_runs_many_calls_per_job_with_their_own_results(tmp_path):
+    with hetfaas.Executor("submitit-local", folder=tmp_path, pack=100) as ex:
+        futs = ex.map_futures(fx.add, range(250), range(250))
+        assert [f.result(timeout=120) for f in futs] == [2 * i for i in range(250)]
+        assert len({f.engine_id for f in futs}) == 3  # 100 + 100 + 50 calls
+        assert all(f.timings.compute_us >= 0 for f in futs)
+        bad = ex.map_futures(fx.boom, ["first", "second"])
+        for f, msg in zip(bad, ["first", "second"], strict=True):
+            with pytest.raises(ValueError, match=msg):
+                f.result(timeout=120)
+    with pytest.raises(hetfaas.ConfigurationError, match="pack"):
+        hetfaas.Executor("submitit-local", folder=tmp_path, pack=0)

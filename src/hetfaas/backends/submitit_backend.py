@@ -61,13 +61,33 @@ class _Prepared:
 
 
 class _Pending:
-    __slots__ = ("ended_at", "future", "job", "payload")
+    """One engine job and the calls it carries (one, or many when packed)."""
 
-    def __init__(self, future: Future, payload: Payload, job: Any) -> None:
-        self.future = future
-        self.payload = payload
+    __slots__ = ("ended_at", "futures", "job", "payloads")
+
+    def __init__(self, futures: list[Future], payloads: list[Payload], job: Any) -> None:
+        self.futures = futures
+        self.payloads = payloads
         self.job = job
         self.ended_at = 0.0
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def fail(self, exc: BaseException) -> None:
+        for f in self.futures:
+            if not f.done():
+                f.set_exception(exc)
+
+
+def run_packed(payloads: list[Payload], cpus: int) -> list[Reply]:
+    """Inside one allocation: run many calls on a warm local pool of ``cpus`` cores."""
+    from .._executor import Executor
+
+    have = len(os.sched_getaffinity(0))
+    with Executor("local", cpus=max(1, min(cpus, have))) as ex:
+        futures = [ex.submit(run_payload, p) for p in payloads]
+        return [f.result() for f in futures]
 
 
 class SubmititBackend(Backend):
@@ -75,7 +95,19 @@ class SubmititBackend(Backend):
 
     name = "submitit"
 
-    def __init__(self, folder: str | os.PathLike[str] | None = None, **parameters: Any) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str] | None = None,
+        pack: int = 1,
+        pack_cpus: int | None = None,
+        **parameters: Any,
+    ) -> None:
+        """``pack``: calls dispatched together run up to this many per job, on a warm local
+        pool inside the job's allocation of ``pack_cpus`` cores (default: one node's cores)."""
+        if pack < 1:
+            raise ConfigurationError(f"pack must be >= 1, got {pack}")
+        self.pack = pack
+        self.pack_cpus = pack_cpus or len(os.sched_getaffinity(0))
         self._submitit = _import_submitit()
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="hetfaas-jobs-"))
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -128,25 +160,35 @@ class SubmititBackend(Backend):
             live = [it for it in items if it.future.set_running_or_notify_cancel()]
             if not live:
                 continue
-            self._executor.update_parameters(**{**self._parameters, **live[0].params})
+            params = {**self._parameters, **live[0].params}
+            if self.pack > 1 and len(live) > 1:
+                groups_of = [live[i : i + self.pack] for i in range(0, len(live), self.pack)]
+                params["cpus_per_task"] = max(params.get("cpus_per_task", 1), self.pack_cpus)
+            else:
+                groups_of = [[it] for it in live]
+            self._executor.update_parameters(**params)
             try:
-                if len(live) == 1:
-                    jobs = [self._executor.submit(run_payload, live[0].payload)]
-                else:
-                    with self._executor.batch():  # one job array on Slurm
-                        jobs = [self._executor.submit(run_payload, it.payload) for it in live]
+                with self._executor.batch() if len(groups_of) > 1 else contextlib.nullcontext():
+                    jobs = [self._submit_group(group) for group in groups_of]
             except Exception as exc:
                 err = EngineError(f"{self.name} refused the submission: {exc}")
                 for it in live:
                     it.future.set_exception(err)
                 raise err from exc
-            for it, job in zip(live, jobs, strict=True):
-                it.future.engine_id = str(job.job_id)
+            records = []
+            for group, job in zip(groups_of, jobs, strict=True):
+                for it in group:
+                    it.future.engine_id = str(job.job_id)
+                futures, payloads = [it.future for it in group], [it.payload for it in group]
+                records.append(_Pending(futures, payloads, job))
             with self._lock:
-                self._pending += [
-                    _Pending(it.future, it.payload, job) for it, job in zip(live, jobs, strict=True)
-                ]
+                self._pending += records
             self._wake.set()
+
+    def _submit_group(self, group: list[_Prepared]) -> Any:
+        if len(group) == 1:
+            return self._executor.submit(run_payload, group[0].payload)
+        return self._executor.submit(run_packed, [it.payload for it in group], self.pack_cpus)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._closing = True
@@ -189,7 +231,7 @@ class SubmititBackend(Backend):
                     if p not in finished:
                         self._check_state(p, now)
             with self._lock:
-                gone = {id(p) for p in pending if p.future.done()}
+                gone = {id(p) for p in pending if p.done()}
                 self._pending = [p for p in self._pending if id(p) not in gone]
             interval = 0.002 if finished else min(0.05, interval * 1.5)
             if self._wake.wait(interval):
@@ -203,13 +245,15 @@ class SubmititBackend(Backend):
             outcome, value = pickle_load(p.job.paths.result_pickle)
         except EOFError:  # still being written
             return
-        if outcome == "success" and isinstance(value, Reply):
-            complete(p.future, p.payload, value, self.name)
+        replies = value if isinstance(value, list) else [value]
+        if outcome == "success" and len(replies) == len(p.futures):
+            for fut, payload, reply in zip(p.futures, p.payloads, replies, strict=True):
+                complete(fut, payload, reply, self.name)
         else:
-            p.future.set_exception(
-                JobFailed(f"job {p.job.job_id} failed in the engine:\n{value}",
-                          p.future.invocation_id, str(p.job.job_id), "FAILED", _tail(p.job))
-            )  # fmt: skip
+            job_id = str(p.job.job_id)
+            message = f"job {job_id} failed in the engine:\n{value}"
+            iid = p.futures[0].invocation_id
+            p.fail(JobFailed(message, iid, job_id, "FAILED", _tail(p.job)))
 
     def _check_state(self, p: _Pending, now: float) -> None:
         try:
@@ -223,7 +267,7 @@ class SubmititBackend(Backend):
             return
         if now - p.ended_at < _GRACE_S or p.job.paths.result_pickle.exists():
             return
-        job_id, iid, tail = str(p.job.job_id), p.future.invocation_id, _tail(p.job)
+        job_id, iid, tail = str(p.job.job_id), p.futures[0].invocation_id, _tail(p.job)
         if state == "CANCELLED":
             exc: Exception = JobCancelled(f"job {job_id} was cancelled", iid, job_id, state, tail)
         elif state in ("TIMEOUT", "DEADLINE"):
@@ -231,7 +275,7 @@ class SubmititBackend(Backend):
         else:
             message = f"job {job_id} ended {state} without a result"
             exc = JobFailed(message, iid, job_id, state, tail)
-        p.future.set_exception(exc)
+        p.fail(exc)
 
 
 def _tail(job: Any, lines: int = 20) -> str:
@@ -271,12 +315,14 @@ class SlurmBackend(SubmititBackend):
         self,
         folder: str | os.PathLike[str] | None = None,
         partition: str | None = None,
+        pack: int = 1,
+        pack_cpus: int | None = None,
         **parameters: Any,
     ) -> None:
         _check_slurm()
         if partition is not None:
             parameters["slurm_partition"] = partition
-        super().__init__(folder, **parameters)
+        super().__init__(folder, pack, pack_cpus, **parameters)
 
     def _make_executor(self) -> Any:
         return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm")
