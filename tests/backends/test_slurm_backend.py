@@ -80,6 +80,8 @@ def test_scancel_reaches_the_caller(slurm):
 
 @pytest.mark.slow
 def test_time_limit_raises_job_timeout(slurm):
+    t0 = time.monotonic()
     with pytest.raises(hetfaas.JobTimeout) as info:
         slurm.options(timeout_s=30).submit(fx.sleepy, 600).result(timeout=400)
     assert isinstance(info.value, hetfaas.CallTimeout)
+    assert time.monotonic() - t0 >= 30  # never before the call's own timeout_s

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import shutil
 import subprocess
 import tempfile
@@ -248,12 +249,19 @@ class SubmititBackend(Backend):
         replies = value if isinstance(value, list) else [value]
         if outcome == "success" and len(replies) == len(p.futures):
             for fut, payload, reply in zip(p.futures, p.payloads, replies, strict=True):
-                complete(fut, payload, reply, self.name)
+                state = _interrupted(reply)
+                if state:  # Submitit's signal handler stopped the function: the engine's doing
+                    fut.set_exception(_job_error(p, state, "was interrupted by the engine"))
+                else:
+                    complete(fut, payload, reply, self.name)
         else:
-            job_id = str(p.job.job_id)
-            message = f"job {job_id} failed in the engine:\n{value}"
-            iid = p.futures[0].invocation_id
-            p.fail(JobFailed(message, iid, job_id, "FAILED", _tail(p.job)))
+            try:
+                state = str(p.job.state).split()[0].upper()
+            except Exception:
+                state = "FAILED"
+            if "timed-out" in str(value):  # Submitit's own note on a job it did not requeue
+                state = "TIMEOUT"
+            p.fail(_job_error(p, state, f"failed in the engine:\n{value}"))
 
     def _check_state(self, p: _Pending, now: float) -> None:
         try:
@@ -267,15 +275,28 @@ class SubmititBackend(Backend):
             return
         if now - p.ended_at < _GRACE_S or p.job.paths.result_pickle.exists():
             return
-        job_id, iid, tail = str(p.job.job_id), p.futures[0].invocation_id, _tail(p.job)
-        if state == "CANCELLED":
-            exc: Exception = JobCancelled(f"job {job_id} was cancelled", iid, job_id, state, tail)
-        elif state in ("TIMEOUT", "DEADLINE"):
-            exc = JobTimeout(f"job {job_id} ran past its time limit", iid, job_id, state, tail)
-        else:
-            message = f"job {job_id} ended {state} without a result"
-            exc = JobFailed(message, iid, job_id, state, tail)
-        p.fail(exc)
+        p.fail(_job_error(p, state, "ended without a result"))
+
+
+def _interrupted(reply: Reply) -> str:
+    """"TIMEOUT"/"PREEMPTED" when Submitit stopped the call on the engine's signal, else ""."""
+    if reply.ok or reply.exception_is_text:
+        return ""
+    with contextlib.suppress(Exception):
+        exc, _ = pickle.loads(reply.data)
+        if type(exc).__name__ == "UncompletedJobError":
+            return "TIMEOUT" if "timed-out" in str(exc) else "PREEMPTED"
+    return ""
+
+
+def _job_error(p: _Pending, state: str, detail: str) -> JobFailed:
+    """The error for the calls of a job that ended badly, by the engine's state."""
+    job_id, iid, tail = str(p.job.job_id), p.futures[0].invocation_id, _tail(p.job)
+    if state == "CANCELLED":
+        return JobCancelled(f"job {job_id} was cancelled", iid, job_id, state, tail)
+    if state in ("TIMEOUT", "DEADLINE"):
+        return JobTimeout(f"job {job_id} ran past its time limit", iid, job_id, state, tail)
+    return JobFailed(f"job {job_id} {detail} (state {state})", iid, job_id, state, tail)
 
 
 def _tail(job: Any, lines: int = 20) -> str:
@@ -305,8 +326,9 @@ class SubmititLocalBackend(SubmititBackend):
 class SlurmBackend(SubmititBackend):
     """Submitit's ``SlurmExecutor`` on a real Slurm cluster.
 
-    Options: ``folder`` (shared by the submitter and the nodes), ``partition``, and any
-    ``slurm_*`` parameter of Submitit (e.g. ``slurm_additional_parameters``).
+    Options: ``folder`` (shared by the submitter and the nodes), ``partition``, ``pack``,
+    and any ``slurm_*`` parameter of Submitit (e.g. ``slurm_additional_parameters``).
+    ``timeout_s`` becomes a time limit in whole minutes (Slurm's unit), rounded up.
     """
 
     name = "slurm"
@@ -322,6 +344,9 @@ class SlurmBackend(SubmititBackend):
         _check_slurm()
         if partition is not None:
             parameters["slurm_partition"] = partition
+        # Submitit signals a job 90 s before its time limit by default, which would stop
+        # short calls (limits count in whole minutes) long before their timeout_s.
+        parameters.setdefault("slurm_signal_delay_s", 10)
         super().__init__(folder, pack, pack_cpus, **parameters)
 
     def _make_executor(self) -> Any:

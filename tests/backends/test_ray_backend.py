@@ -1,0 +1,208 @@
+"""The Ray backend against a real local Ray, started once for the module."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+import hetfaas
+from hetfaas._invocation import PHASES
+from hetfaas.exceptions import (
+    CallCancelled,
+    CallTimeout,
+    ConfigurationError,
+    ExecutorShutdownError,
+    RemoteError,
+    RemoteTraceback,
+    ResourceError,
+    SerializationError,
+    WorkerDied,
+)
+
+from .. import pool_funcs as fx
+
+ray = pytest.importorskip("ray")
+
+_RAY_DAEMONS = ("raylet", "gcs_server")
+
+
+def _ray_daemons() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if any(d in " ".join(proc.cmdline()) for d in _RAY_DAEMONS):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def rex():
+    started_here = not ray.is_initialized()
+    ex = hetfaas.Executor("ray")
+    yield ex
+    ex.shutdown(wait=False, cancel_futures=True)
+    if started_here:
+        assert not ray.is_initialized()
+        deadline = time.monotonic() + 15
+        while _ray_daemons() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _ray_daemons(), "Ray's daemons outlived the executor"
+
+
+def square_plus(x: int, k: int = 0) -> int:
+    return x * x + k
+
+
+def test_submit_result_and_capacity(rex):
+    fut = rex.submit(square_plus, 7, k=1)
+    assert fut.result(timeout=120) == 50
+    assert fut.state == hetfaas.State.COMPLETED
+    assert fut.engine_id  # Ray's task id
+    cap = rex.capacity
+    assert cap.cpus >= 1 and cap.max_workers == cap.cpus and cap.memory_mb > 0
+
+
+def test_map_in_order(rex):
+    assert list(rex.map(fx.add, range(20), range(100, 120))) == [
+        a + b for a, b in zip(range(20), range(100, 120), strict=True)
+    ]
+
+
+def test_timings_sum_to_total(rex):
+    fut = rex.submit(fx.sleepy, 0.1)
+    assert fut.result(timeout=60) == 0.1
+    t = fut.timings
+    assert t.backend == "ray"
+    assert t.compute_us >= 100_000
+    assert abs(sum(getattr(t, p) for p in PHASES) - t.total_us) < 1.0
+    assert t.queue_us >= 0 and t.transfer_in_us >= 0 and t.transfer_out_us >= 0
+    assert t.pid > 0
+
+
+def test_remote_exception_keeps_its_type(rex):
+    fut = rex.submit(fx.boom, "bad input")
+    with pytest.raises(ValueError, match="bad input") as info:
+        fut.result(timeout=60)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "boom" in info.value.__cause__.tb
+    assert fut.state == hetfaas.State.FAILED
+
+
+def test_unpicklable_remote_exception_is_a_remote_error(rex):
+    with pytest.raises(RemoteError, match="cannot travel") as info:
+        rex.submit(fx.boom_unpicklable).result(timeout=60)
+    assert info.value.type_name.endswith("Unpicklable")
+
+
+def test_timeout_cancels_the_task(rex):
+    t0 = time.monotonic()
+    fut = rex.options(timeout_s=1.0).submit(fx.sleepy, 60)
+    with pytest.raises(CallTimeout) as info:
+        fut.result(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert info.value.invocation_id == fut.invocation_id
+    assert fut.timings is not None
+    assert rex.submit(fx.add, 1, 1).result(timeout=60) == 2  # the backend goes on
+
+
+def test_timeout_without_a_waiting_thread(rex):
+    fut = rex.options(timeout_s=0.5).submit(fx.sleepy, 60)
+    done, _ = cf.wait([fut], timeout=30)  # the watcher thread fires the deadline
+    assert done and isinstance(fut.exception(), CallTimeout)
+
+
+def test_worker_crash_is_worker_died(rex):
+    fut = rex.submit(fx.exit_now, 1)
+    with pytest.raises(WorkerDied) as info:
+        fut.result(timeout=60)
+    assert info.value.invocation_id == fut.invocation_id
+    assert rex.submit(fx.add, 2, 2).result(timeout=60) == 4
+
+
+def test_unpicklable_argument_fails_at_submit(rex):
+    with pytest.raises(SerializationError):
+        rex.submit(fx.ident, threading.Lock())
+
+
+def test_impossible_resources_fail_at_submit(rex):
+    cap = rex.capacity
+    with pytest.raises(ResourceError, match="no node"):
+        rex.options(cpus=cap.cpus + 1).submit(fx.add, 1, 2)
+    with pytest.raises(ResourceError):
+        rex.options(gpus=cap.gpus + 1).submit(fx.add, 1, 2)
+    with pytest.raises(ResourceError):
+        rex.options(memory_mb=cap.memory_mb * 1000).submit(fx.add, 1, 2)
+
+
+def test_memory_request_that_fits(rex):
+    assert rex.options(memory_mb=64).submit(fx.add, 3, 4).result(timeout=60) == 7
+
+
+def test_torch_tensor_round_trip(rex):
+    torch = pytest.importorskip("torch")
+    t = torch.arange(1000, dtype=torch.float32).reshape(10, 100)
+    back = rex.submit(fx.ident, t).result(timeout=60)
+    assert isinstance(back, torch.Tensor) and torch.equal(back, t)
+    assert rex.submit(fx.fill, torch.zeros(8), 2.0).result(timeout=60) == 16.0
+
+
+def test_large_payload_and_result(rex):
+    blob = bytes(range(256)) * 8192  # 2 MiB: travels as a Payload object, not packed bytes
+    assert rex.submit(fx.ident, blob).result(timeout=60) == blob
+
+
+def test_as_completed_without_waiting_on_result(rex):
+    futs = [rex.submit(fx.sleepy, s) for s in (0.6, 0.05, 0.3)]
+    seen = []
+    for fut in futs:
+        fut.add_done_callback(lambda f: seen.append(f.result()))
+    order = [f.result() for f in cf.as_completed(futs, timeout=60)]  # no thread waits on one
+    assert sorted(order) == [0.05, 0.3, 0.6]  # (their order depends on Ray's cold starts)
+    assert sorted(seen) == [0.05, 0.3, 0.6]
+
+
+def test_batch_dispatches_together(rex):
+    with rex.batch():
+        futs = [rex.submit(fx.add, i, i) for i in range(5)]
+    assert [f.result(timeout=60) for f in futs] == [0, 2, 4, 6, 8]
+
+
+def test_warmup(rex):
+    rex.warmup(2)
+    assert rex.submit(fx.add, 1, 2).result(timeout=60) == 3
+
+
+def test_second_executor_shares_ray_and_shuts_down_alone(rex):
+    other = hetfaas.Executor("ray")
+    futs = [other.submit(fx.sleepy, 0.2) for _ in range(3)]
+    other.shutdown(wait=True)
+    assert all(f.done() and f.result() == 0.2 for f in futs)
+    with pytest.raises(ExecutorShutdownError):
+        other.submit(fx.add, 1, 1)
+    assert ray.is_initialized()
+    assert rex.submit(fx.add, 5, 5).result(timeout=60) == 10
+
+
+def test_shutdown_cancel_futures(rex):
+    other = hetfaas.Executor("ray")
+    futs = [other.submit(fx.sleepy, 30) for _ in range(3)]
+    t0 = time.monotonic()
+    other.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - t0 < 10
+    for fut in futs:
+        with pytest.raises(CallCancelled):
+            fut.result(timeout=1)
+    assert rex.submit(fx.add, 1, 2).result(timeout=60) == 3
+
+
+def test_missing_ray_is_a_configuration_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigurationError, match="pip install 'ray"):
+        hetfaas.Executor("ray")
