@@ -328,7 +328,8 @@ class SlurmBackend(SubmititBackend):
 
     Options: ``folder`` (shared by the submitter and the nodes), ``partition``, ``pack``,
     and any ``slurm_*`` parameter of Submitit (e.g. ``slurm_additional_parameters``).
-    ``timeout_s`` becomes a time limit in whole minutes (Slurm's unit), rounded up.
+    ``timeout_s`` becomes a time limit in whole minutes (Slurm's unit) with room for Slurm's
+    early pre-limit signal: the call is stopped after ``timeout_s``, within about a minute.
     """
 
     name = "slurm"
@@ -347,7 +348,16 @@ class SlurmBackend(SubmititBackend):
         # Submitit signals a job 90 s before its time limit by default, which would stop
         # short calls (limits count in whole minutes) long before their timeout_s.
         parameters.setdefault("slurm_signal_delay_s", 10)
+        self._signal_delay_s = float(parameters["slurm_signal_delay_s"])
         super().__init__(folder, pack, pack_cpus, **parameters)
+
+    def _engine_parameters(self, res: Resources) -> dict[str, Any]:
+        params = super()._engine_parameters(res)
+        if res.timeout_s is not None:
+            # Slurm may send the pre-limit signal up to 60 s early (its event resolution):
+            # leave room so that a call is never stopped before its own timeout_s.
+            params["timeout_min"] = math.ceil((res.timeout_s + self._signal_delay_s + 60) / 60)
+        return params
 
     def _make_executor(self) -> Any:
         return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm")
