@@ -243,14 +243,17 @@ class RayBackend(Backend):
 
     def cancel_pending(self) -> None:
         """Cancel every call still in Ray (Ray cannot tell waiting tasks from running ones)."""
+        self._cancel_live(lambda iid: CallCancelled(f"call {iid} was cancelled in Ray", iid))
+
+    def _cancel_live(self, error: Any) -> None:
+        """Cancel every call in Ray; each fails with ``error(invocation_id)``."""
         with self._lock:
             calls = list(self._live.values())
             self._live.clear()
         for call in calls:
             with contextlib.suppress(Exception):
                 self._ray.cancel(call.ref, force=True)
-            iid = call.future.invocation_id
-            self._fail(call, CallCancelled(f"call {iid} was cancelled in Ray", iid))
+            self._fail(call, error(call.future.invocation_id))
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -265,16 +268,9 @@ class RayBackend(Backend):
                 while self._unsettled:
                     self._idle.wait()
         elif self._owns_session:  # Ray stops with us: what still runs dies with it
-            with self._lock:
-                calls = list(self._live.values())
-                self._live.clear()
-            for call in calls:
-                with contextlib.suppress(Exception):
-                    self._ray.cancel(call.ref, force=True)
-                self._fail(
-                    call, WorkerDied("executor shut down while the call ran",
-                                     call.future.invocation_id),
-                )  # fmt: skip
+            self._cancel_live(
+                lambda iid: WorkerDied("executor shut down while the call ran", iid)
+            )
         if self._owns_session or wait:
             self._stop = True
             self._wake.set()
