@@ -168,16 +168,22 @@ def bare_gpu(A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
     return _bare(bmm_gpu, A, B, repeat, ref)
 
 
-def call_single_cpu(ex: Any, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
-    """One serverless ``bmm_single`` call on one CPU; time from submit to C in hand."""
-    runner = ex.options(resources=_resources(cpus=1))
+def _one_call(
+    ex: Any, kernel: Any, resources: Any, A: Any, B: Any, repeat: int, ref: Any
+) -> dict[str, Any]:
+    runner = ex.options(resources=resources)
     t0 = time.perf_counter_ns()
-    fut = runner.submit(bmm_single, A, B, repeat=repeat)
+    fut = runner.submit(kernel, A, B, repeat=repeat)
     C = fut.result()
     t1 = time.perf_counter_ns()
     trial = _trial(t0, t1, C, ref, int(A.shape[2]), [call_record(fut)])
     trial["time_s"] = trial["wall_s"]
     return trial
+
+
+def call_single_cpu(ex: Any, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
+    """One serverless ``bmm_single`` call on one CPU; time from submit to C in hand."""
+    return _one_call(ex, bmm_single, _resources(cpus=1), A, B, repeat, ref)
 
 
 def call_multi_cpu(ex: Any, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
@@ -201,14 +207,7 @@ def call_multi_cpu(ex: Any, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, 
 
 def call_gpu(ex: Any, A: Any, B: Any, repeat: int, ref: Any) -> dict[str, Any]:
     """One serverless ``bmm_gpu`` call holding one whole GPU."""
-    runner = ex.options(resources=_resources(cpus=1, gpus=1))
-    t0 = time.perf_counter_ns()
-    fut = runner.submit(bmm_gpu, A, B, repeat=repeat)
-    C = fut.result()
-    t1 = time.perf_counter_ns()
-    trial = _trial(t0, t1, C, ref, int(A.shape[2]), [call_record(fut)])
-    trial["time_s"] = trial["wall_s"]
-    return trial
+    return _one_call(ex, bmm_gpu, _resources(cpus=1, gpus=1), A, B, repeat, ref)
 
 
 def multi_gpu_share(gpus: int) -> float:
