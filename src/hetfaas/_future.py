@@ -76,10 +76,6 @@ class Future(cf.Future):  # type: ignore[type-arg]
             )
         return self._timings
 
-    @timings.setter
-    def timings(self, value: Timings | None) -> None:
-        self._timings = value
-
     @property
     def state(self) -> State:
         raw = self._state

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 import weakref
 from collections import deque
 
@@ -46,7 +45,6 @@ class WorkerHandle:
         "ready_ns",
         "releases",
         "shipped",
-        "spawned_ns",
         "state",
         "timed_out",
     )  # fmt: skip
@@ -66,7 +64,6 @@ class WorkerHandle:
         self.pid = 0
         self.ready_ns = 0
         self.idle_since = 0
-        self.spawned_ns = time.perf_counter_ns()
 
 
 def death_error(w: WorkerHandle, call: CallRecord, code: int | None) -> BaseException:
