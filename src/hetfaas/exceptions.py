@@ -16,6 +16,17 @@
     │       ├── JobCancelled          cancelled in the engine (scancel)
     │       └── JobTimeout            past the engine's time limit (also a CallTimeout)
     ├── EngineError                   an engine refused a submission (sbatch failed, ...)
+    ├── CollectiveError               a communicator operation between functions failed
+    │   ├── PeerTimeout               peers did not arrive before the deadline (names them)
+    │   ├── GroupMismatch             peers disagree on group, size or operation
+    │   ├── PayloadTooLarge           a message over the channel's limit
+    │   ├── ChannelUnavailable        the channel's server (Redis, S3, rendezvous) is down
+    │   └── ChannelClosed             a peer's connection closed mid-operation
+    ├── ServingError                  an inference request that cannot be served
+    │   ├── UnknownModel              a model name that is not registered
+    │   ├── ModelTooLarge             a model larger than any device's memory
+    │   ├── ModelLoadError            the model's loader raised
+    │   └── DeviceFailed              a device failed while running a request
     └── ExecutorShutdownError         submit after shutdown
 
 An exception raised inside a function is re-raised in the caller with its own type when it can
@@ -125,6 +136,59 @@ class ExecutorShutdownError(HetfaasError, RuntimeError):
     """The executor was shut down; it accepts no more calls."""
 
 
+class CollectiveError(HetfaasError):
+    """A communicator operation between running functions failed."""
+
+
+class PeerTimeout(CollectiveError, TimeoutError):
+    """Peers did not take part before the deadline; ``missing`` lists their ranks."""
+
+    def __init__(self, message: str, missing: list[int] | tuple[int, ...] = ()) -> None:
+        self.missing = sorted(missing)
+        if self.missing:
+            message = f"{message} (missing ranks: {', '.join(map(str, self.missing))})"
+        super().__init__(message)
+
+
+class GroupMismatch(CollectiveError, ValueError):
+    """Peers disagree on the group's name, size, or the operation being run."""
+
+
+class PayloadTooLarge(CollectiveError, ValueError):
+    """A message larger than the channel accepts."""
+
+
+class ChannelUnavailable(CollectiveError, ConnectionError):
+    """The channel's server (Redis, S3, the rendezvous server) cannot be reached."""
+
+
+class ChannelClosed(CollectiveError, ConnectionError):
+    """A peer's connection closed in the middle of an operation."""
+
+
+class ServingError(HetfaasError):
+    """An inference request that cannot be served."""
+
+
+class UnknownModel(ServingError, KeyError):
+    """A model name that no inference function registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelTooLarge(ServingError, ValueError):
+    """A model larger than the memory of every device."""
+
+
+class ModelLoadError(ServingError):
+    """The model's loader raised; the original error is ``__cause__``."""
+
+
+class DeviceFailed(ServingError):
+    """A device failed while it ran a request."""
+
+
 class RemoteTraceback(Exception):
     """Carries the text of a traceback raised in a worker; set as ``__cause__``."""
 
@@ -133,24 +197,35 @@ class RemoteTraceback(Exception):
         super().__init__(tb)
 
     def __str__(self) -> str:
-        return f"\n\nRemote traceback:\n\"\"\"\n{self.tb}\"\"\""
+        return f'\n\nRemote traceback:\n"""\n{self.tb}"""'
 
 
 __all__ = [
     "CallCancelled",
     "CallError",
     "CallTimeout",
+    "ChannelClosed",
+    "ChannelUnavailable",
+    "CollectiveError",
     "ConfigurationError",
+    "DeviceFailed",
     "EngineError",
     "ExecutorShutdownError",
+    "GroupMismatch",
     "HetfaasError",
     "JobCancelled",
     "JobFailed",
     "JobTimeout",
+    "ModelLoadError",
+    "ModelTooLarge",
+    "PayloadTooLarge",
+    "PeerTimeout",
     "RemoteError",
     "RemoteTraceback",
     "ResourceError",
     "SerializationError",
+    "ServingError",
     "UnknownBackendError",
+    "UnknownModel",
     "WorkerDied",
 ]
