@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from hetfaas.collectives import Communicator
+from hetfaas.collectives.channels.rendezvous import RendezvousServer
 
 
 def run_ranks(uri, size, body, *, timeout_s=20.0, group=None, setup=None):
@@ -45,7 +46,18 @@ def file_uri(tmp_path):
     return f"file://{tmp_path / 'store'}"
 
 
-CHANNELS = ["file"]
+@pytest.fixture(scope="session")
+def rendezvous():
+    with RendezvousServer("127.0.0.1", 0) as server:
+        yield server
+
+
+@pytest.fixture
+def tcp_uri(rendezvous):
+    return rendezvous.uri
+
+
+CHANNELS = ["file", "tcp"]
 
 
 @pytest.fixture(params=CHANNELS)

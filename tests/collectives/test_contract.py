@@ -87,3 +87,21 @@ def test_received_arrays_are_writable_views(channel_uri):
     for a, t in run_ranks(channel_uri, 2, body):
         assert a[0] == 7 and a[-1] == 99_999 and a.dtype == np.float32
         assert t.dtype == torch.int32 and int(t[0]) == 7 and int(t[-1]) == 9
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_large_allreduce_takes_the_ring_on_direct_links(channel_uri, size):
+    def body(comm):
+        small = comm.allreduce(np.arange(10, dtype=np.float64) * (comm.rank + 1))  # ring too
+        big = comm.allreduce(np.ones((300, 1000)) * comm.rank, op=MAX)  # 2.4 MB
+        t = comm.allreduce(torch.arange(7, dtype=torch.int64) + comm.rank)
+        return small, big, t
+
+    def ring_always(comm):
+        comm.ring_min_bytes = 0
+
+    p = size
+    for small, big, t in run_ranks(channel_uri, p, body, setup=ring_always):
+        np.testing.assert_array_equal(small, np.arange(10) * p * (p + 1) / 2)
+        assert big.shape == (300, 1000) and (big == p - 1).all()
+        assert torch.equal(t, torch.arange(7) * p + p * (p - 1) // 2)

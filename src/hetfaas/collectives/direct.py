@@ -135,7 +135,7 @@ def _array_bytes(obj: Any) -> int:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
         return obj.element_size() * obj.numel()
-    return 0
+    return -1  # not an array: never around the ring
 
 
 def _ring_allreduce(c: _Call, obj: Any, op: ReduceOp) -> Any:

@@ -1,0 +1,349 @@
+"""``tcp://rendezvous-host:port``: direct peer-to-peer sockets (TCP_NODELAY).
+
+Each rank listens on an ephemeral port, registers (group, rank, size, host, port) with the
+rendezvous server and gets the peer table back; then every rank connects to the ranks below it
+and accepts the ranks above it, so the group is a full mesh.
+
+No threads: a rank moves bytes only inside its own send and recv calls. Both poll every link
+(epoll): while a send waits for room it also reads what peers send, into per-link inboxes, so
+two ranks sending to each other at once never deadlock. Small messages arrive through a reused
+per-link buffer; a large one is read straight into a buffer of its own size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import selectors
+import socket
+import struct
+import time
+from collections import deque
+from typing import Any, ClassVar
+
+from ...exceptions import (
+    ChannelClosed,
+    ChannelUnavailable,
+    ConfigurationError,
+    GroupMismatch,
+    PeerTimeout,
+)
+from ..payload import join
+from .base import DirectChannel, register_channel, split_uri
+from .rendezvous import DEFAULT_PORT
+
+_HEAD = struct.Struct("<IQ")  # key length, body length
+_RX = 1 << 18
+_HELLO = struct.Struct("<I")
+
+
+class _Link:
+    """One peer's socket, what has been read from it, and the messages not yet asked for."""
+
+    __slots__ = ("body", "body_got", "body_key", "ended", "inbox", "peer", "rx", "rx_len", "sock")
+
+    def __init__(self, peer: int, sock: socket.socket) -> None:
+        self.peer = peer
+        self.sock = sock
+        self.rx = bytearray(_RX)
+        self.rx_len = 0
+        self.body: bytearray | None = None
+        self.body_got = 0
+        self.body_key = ""
+        self.inbox: deque[tuple[str, bytearray]] = deque()
+        self.ended: ChannelClosed | None = None  # the peer closed; what it sent stays readable
+
+    def take(self, key: str) -> bytearray | None:
+        for i, (k, data) in enumerate(self.inbox):
+            if k == key:
+                del self.inbox[i]
+                return data
+        return None
+
+    def on_readable(self) -> None:
+        """Read what the socket has; complete messages go to the inbox."""
+        try:
+            if self.body is not None:
+                n = self.sock.recv_into(memoryview(self.body)[self.body_got :])
+                if n == 0:
+                    raise self.closed()
+                self.body_got += n
+                if self.body_got == len(self.body):
+                    self.inbox.append((self.body_key, self.body))
+                    self.body = None
+                return
+            n = self.sock.recv_into(memoryview(self.rx)[self.rx_len :])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            raise self.closed(exc) from exc
+        if n == 0:
+            raise self.closed()
+        self.rx_len += n
+        self._parse()
+
+    def _parse(self) -> None:
+        rx, pos = self.rx, 0
+        while self.rx_len - pos >= _HEAD.size:
+            klen, blen = _HEAD.unpack_from(rx, pos)
+            start = pos + _HEAD.size + klen
+            if start > self.rx_len:
+                break
+            key = bytes(rx[pos + _HEAD.size : start]).decode()
+            have = self.rx_len - start
+            if have >= blen:
+                self.inbox.append((key, bytearray(rx[start : start + blen])))
+                pos = start + blen
+                continue
+            if start + blen <= len(rx):
+                break  # fits the buffer: wait for the rest
+            body = bytearray(blen)  # large: read the rest straight into its own buffer
+            body[:have] = rx[start : self.rx_len]
+            self.body, self.body_got, self.body_key = body, have, key
+            pos = self.rx_len
+            break
+        if pos:
+            rest = self.rx_len - pos
+            rx[:rest] = rx[pos : self.rx_len]
+            self.rx_len = rest
+
+    def closed(self, exc: BaseException | None = None) -> ChannelClosed:
+        why = f": {exc}" if exc else ""
+        return ChannelClosed(f"rank {self.peer} closed its connection{why}")
+
+
+class TcpChannel(DirectChannel):
+    """Direct sockets between the ranks, paired through a rendezvous server."""
+
+    scheme: ClassVar[str] = "tcp"
+    limits = 1 << 36
+
+    def __init__(self, host: str, port: int = DEFAULT_PORT) -> None:
+        self.rendezvous = (host, port)
+        self._links: dict[int, _Link] = {}
+        self._self = _Link(-1, None)  # type: ignore[arg-type]
+        self._sel: selectors.BaseSelector | None = None
+
+    @classmethod
+    def from_uri(cls, uri: str) -> TcpChannel:
+        parts = split_uri(uri, "tcp")
+        if not parts.hostname:
+            raise ConfigurationError(f"tcp:// needs the rendezvous server's host:port: {uri!r}")
+        return cls(parts.hostname, parts.port or DEFAULT_PORT)
+
+    # ----------------------------------------------------------------- joining
+
+    def connect(self, group: str, rank: int, size: int, deadline: float) -> None:
+        self.group, self.rank, self.size = group, rank, size
+        self._sel = selectors.DefaultSelector()
+        if size == 1:
+            return
+        host, port = self.rendezvous
+        try:
+            rv = socket.create_connection(
+                (host, port), timeout=max(0.05, min(5.0, deadline - time.monotonic()))
+            )
+        except OSError as exc:
+            raise ChannelUnavailable(
+                f"the rendezvous server at {host}:{port} is not reachable ({exc}); start one "
+                f"with `hetfaas rendezvous --port {port}`"
+            ) from exc
+        with rv:
+            my_host = rv.getsockname()[0]  # the address the others can reach us on
+            listener = socket.create_server((my_host, 0), backlog=size)
+            try:
+                rv.sendall(json.dumps({"group": group, "rank": rank, "size": size,
+                                       "host": my_host, "port": listener.getsockname()[1]}
+                                      ).encode() + b"\n")  # fmt: skip
+                peers = self._await_peers(rv, deadline)
+                self._mesh(listener, peers, deadline)
+            finally:
+                listener.close()
+
+    def _await_peers(self, rv: socket.socket, deadline: float) -> list[tuple[str, int]]:
+        joined: list[int] = [self.rank]
+        reader = rv.makefile("rb")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = sorted(set(range(self.size)) - set(joined))
+                raise PeerTimeout(
+                    f"group {self.group!r} over tcp: peers did not register with the "
+                    f"rendezvous server before the deadline",
+                    missing,
+                )
+            rv.settimeout(left)
+            try:
+                line = reader.readline()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise ChannelUnavailable(f"lost the rendezvous server: {exc}") from exc
+            if not line:
+                raise ChannelUnavailable(
+                    f"the rendezvous server at {self.rendezvous[0]}:{self.rendezvous[1]} "
+                    "closed the connection before the group was complete"
+                )
+            msg = json.loads(line)
+            if "error" in msg:
+                raise GroupMismatch(f"rendezvous refused rank {self.rank}: {msg['error']}")
+            if "joined" in msg:
+                joined = msg["joined"]
+            if "peers" in msg:
+                return [(str(h), int(p)) for h, p in msg["peers"]]
+
+    def _mesh(self, listener: socket.socket, peers: list[tuple[str, int]], deadline: float) -> None:
+        names = f"{self.group}\n".encode()
+        for peer in range(self.rank):
+            try:
+                sock = socket.create_connection(peers[peer], timeout=self._left(deadline))
+            except OSError as exc:
+                raise ChannelClosed(
+                    f"cannot connect to rank {peer} at {peers[peer]}: {exc}"
+                ) from exc
+            sock.sendall(_HELLO.pack(self.rank) + names)
+            self._add(peer, sock)
+        for _ in range(self.rank + 1, self.size):
+            listener.settimeout(self._left(deadline))
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                missing = sorted(set(range(self.rank + 1, self.size)) - set(self._links))
+                raise PeerTimeout(
+                    f"group {self.group!r}: peers did not connect to rank {self.rank}", missing
+                ) from None
+            sock.settimeout(self._left(deadline))
+            head = _recv_exact(sock, _HELLO.size + len(names))
+            (peer,) = _HELLO.unpack_from(head)
+            if head[_HELLO.size :] != names or not self.rank < peer < self.size:
+                sock.close()
+                raise GroupMismatch(f"group {self.group!r}: a peer of another group connected")
+            self._add(peer, sock)
+
+    def _add(self, peer: int, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        link = _Link(peer, sock)
+        self._links[peer] = link
+        assert self._sel is not None
+        self._sel.register(sock, selectors.EVENT_READ, link)
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(0.01, deadline - time.monotonic())
+
+    # ----------------------------------------------------------------- messages
+
+    def _link(self, peer: int) -> _Link:
+        try:
+            return self._links[peer]
+        except KeyError:
+            raise ChannelClosed(f"no connection to rank {peer} (channel closed?)") from None
+
+    def _progress(self, timeout: float, write: socket.socket | None = None) -> bool:
+        """Read whatever has arrived on any link; True when ``write`` has room."""
+        sel = self._sel
+        assert sel is not None
+        if write is not None:
+            sel.modify(write, selectors.EVENT_READ | selectors.EVENT_WRITE, sel.get_key(write).data)
+        try:
+            writable = False
+            for key, events in sel.select(timeout):
+                if events & selectors.EVENT_READ:
+                    try:
+                        key.data.on_readable()
+                    except ChannelClosed as exc:
+                        # Only an error for whoever needs this link: a peer that finished
+                        # and closed must not fail the ranks still working with others.
+                        key.data.ended = exc
+                        sel.unregister(key.fileobj)
+                        continue
+                if events & selectors.EVENT_WRITE:
+                    writable = True
+            return writable
+        finally:
+            if write is not None and write in sel.get_map():
+                sel.modify(write, selectors.EVENT_READ, sel.get_key(write).data)
+
+    def send(self, dest: int, key: str, segments: list[Any], total: int, deadline: float) -> None:
+        if dest == self.rank:  # to itself: straight into its own inbox
+            self._self.inbox.append((key, join(segments, total)))
+            return
+        link = self._link(dest)
+        if link.ended is not None:
+            raise link.ended
+        kb = key.encode()
+        views = [memoryview(_HEAD.pack(len(kb), total) + kb)]
+        views += [memoryview(s).cast("B") for s in segments]
+        while views:
+            try:
+                n = link.sock.sendmsg(views[:512])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                raise link.closed(exc) from exc
+            while n:
+                first = views[0]
+                if n >= first.nbytes:
+                    n -= first.nbytes
+                    views.pop(0)
+                else:
+                    views[0] = first[n:]
+                    n = 0
+            if views:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeerTimeout(
+                        f"group {self.group!r}: rank {dest} did not take a message "
+                        f"({key!r}) before the deadline",
+                        [dest],
+                    )
+                self._progress(left, link.sock)
+                if link.ended is not None:
+                    raise link.ended
+
+    def recv(self, source: int, key: str, deadline: float) -> Any:
+        link = self._self if source == self.rank else self._link(source)
+        while True:
+            data = link.take(key)
+            if data is not None:
+                return data
+            if link.ended is not None:
+                raise link.ended
+            if link is self._self:  # nothing else can send it while this thread waits
+                raise PeerTimeout(
+                    f"group {self.group!r}: rank {source} waits for a message {key!r} from "
+                    "itself that it has not sent",
+                    [source],
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerTimeout(
+                    f"group {self.group!r}: no message {key!r} from rank {source} before "
+                    "the deadline",
+                    [source],
+                )
+            self._progress(left)
+
+    def close(self) -> None:
+        for link in self._links.values():
+            with contextlib.suppress(OSError):
+                link.sock.shutdown(socket.SHUT_RDWR)
+            link.sock.close()
+        self._links.clear()
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ChannelClosed("a peer closed its connection while joining")
+        buf += chunk
+    return bytes(buf)
+
+
+register_channel(TcpChannel)
