@@ -206,3 +206,19 @@ def test_missing_ray_is_a_configuration_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigurationError, match="pip install 'ray"):
         hetfaas.Executor("ray")
+
+
+def test_many_calls_in_flight_settle_in_batches(rex):
+    # More calls than a waiting caller fetches itself: the watcher settles them in batches.
+    futures = rex.map_futures(square_plus, range(300))
+    assert [f.result(timeout=60) for f in futures] == [x * x for x in range(300)]
+    assert all(f.timings.total_us > 0 for f in futures)
+
+
+def test_a_function_over_a_megabyte_travels_with_each_call(rex):
+    blob = bytes(range(256)) * 8192  # 2 MiB captured by value: not made a Ray task of its own
+
+    def size_plus(k: int) -> int:
+        return len(blob) + k
+
+    assert list(rex.map(size_plus, [1, 2], timeout=60)) == [len(blob) + 1, len(blob) + 2]

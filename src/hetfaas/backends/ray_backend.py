@@ -14,10 +14,12 @@ would slow the caller down). Whichever of the two sees a task's end first settle
 (Measured on 2 cores: the watcher beat ``ObjectRef.future()`` callbacks, ~1.4 ms against
 ~1.7 ms per sequential no-op call, at the same throughput.)
 
-Small payloads and replies cross Ray as pickled ``bytes``, which Ray handles faster than a
-Python object; a call still costs a few hundred microseconds more than a bare Ray no-op, which
-ships no arguments: the function (by reference, or by value when it is not importable) and its
-arguments travel with every call.
+Each function becomes a Ray remote function of its own, once (by its digest and resources):
+Ray ships it to each worker once, as it does a user's ``@ray.remote`` function, and a call
+carries only its pickled arguments (as ``bytes``, which Ray handles faster than a Python
+object). A function over a megabyte pickled (a closure over large data) travels with each call
+instead. With more than a few calls in flight the watcher fetches finished tasks in batches
+(one ``ray.get`` for many) and the waiting callers leave the fetching to it.
 
 ``timeout_s`` counts from the dispatch to Ray (Ray does not tell when a task starts, so the
 time the task waits for free resources in Ray counts too); past it the task is cancelled with
@@ -29,6 +31,7 @@ cancels every call still in Ray.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -57,6 +60,8 @@ from .remote import Payload, Reply, complete, run_payload
 _POLL_MIN_S = 0.001  # the watcher's ray.wait timeout right after something happened
 _POLL_MAX_S = 0.02  # ... growing to this while nothing happens
 _GRACE_S = 0.002  # the watcher takes up new calls this long after their dispatch
+_SELF_FETCH_MAX = 4  # a waiting caller fetches its own call while at most this many are in Ray
+_WATCH_MAX = 64  # the watcher's ray.wait looks at most at this many (the oldest) calls
 _MiB = 1 << 20
 _log = logging.getLogger(__name__)
 _PACK_MAX = 1 << 20  # payloads and replies smaller than this travel through Ray as bytes
@@ -67,6 +72,8 @@ _session_lock = threading.Lock()
 _session_users = 0
 _task: Any = None  # run_payload as a Ray remote function, made once
 _task_options: dict[tuple[int, float, int | None], Any] = {}
+_runners: collections.OrderedDict[Any, Any] = collections.OrderedDict()  # see _runner
+_RUNNERS_MAX = 256
 
 
 def _import_ray() -> Any:
@@ -88,6 +95,24 @@ def _run(shipped: bytes | Payload) -> bytes | Reply:
     return reply
 
 
+def _make_runner(
+    digest: bytes, fn: bytes, fn_name: str, sys_path: tuple[str, ...], cpus: int, gpus: float
+) -> Any:
+    """A Ray task for one function: Ray ships the function (in this closure) to each worker
+    once, as it does a user's ``@ray.remote`` function; each call then carries only its
+    arguments."""
+
+    def run(args: bytes, submitted_ns: int) -> bytes | Reply:
+        payload = Payload(digest, fn, args, cpus, gpus, fn_name, submitted_ns, 0, sys_path)
+        reply = run_payload(payload)
+        if len(reply.data) < _PACK_MAX:
+            return pickle.dumps(reply, protocol=5)
+        return reply
+
+    run.__qualname__ = run.__name__ = f"hetfaas:{fn_name}"
+    return run
+
+
 def _touch(hold_s: float) -> int:
     """A task that keeps its worker busy a moment, so that ``warmup`` starts several."""
     time.sleep(hold_s)
@@ -95,15 +120,22 @@ def _touch(hold_s: float) -> int:
 
 
 class _Prepared:
-    __slots__ = ("future", "key", "payload", "shipped", "timeout_s")
+    __slots__ = ("future", "key", "payload", "registered", "shipped", "timeout_s")
 
     def __init__(
         self, future: Future, payload: Payload, key: tuple[int, float, int | None], timeout_s: Any
     ) -> None:
         self.future = future
         self.payload = payload
-        small = len(payload.args) + len(payload.fn) < _PACK_MAX
-        self.shipped = pickle.dumps(payload, protocol=5) if small else payload
+        # A function of ordinary size becomes a Ray task of its own (made once), and the
+        # call ships its arguments only; a huge one (a closure over big data) goes each time.
+        self.registered = len(payload.fn) < _PACK_MAX
+        if self.registered:
+            self.shipped: Any = payload.args
+        elif len(payload.args) < _PACK_MAX:
+            self.shipped = pickle.dumps(payload, protocol=5)
+        else:
+            self.shipped = payload
         self.key = key
         self.timeout_s = timeout_s
 
@@ -160,6 +192,7 @@ class RayBackend(Backend):
         self._closed = False
         self._stop = False
         self._nodes: list[dict[str, float]] = []
+        self._fitting: set[tuple[int, float, int | None]] = set()  # requests some node fits
         try:
             self._refresh_nodes()
         except BaseException:
@@ -190,10 +223,12 @@ class RayBackend(Backend):
     def prepare(self, spec: CallSpec) -> _Prepared:
         res = spec.resources
         key = (res.cpus, float(res.gpus), res.memory_mb)
-        if not self._fits(res):
-            self._refresh_nodes()  # the cluster may have grown since
+        if key not in self._fitting:
             if not self._fits(res):
-                raise ResourceError(self._why_not(res))
+                self._refresh_nodes()  # the cluster may have grown since
+                if not self._fits(res):
+                    raise ResourceError(self._why_not(res))
+            self._fitting.add(key)
         payload = Payload.build(spec.fn, spec.args, spec.kwargs, res)
         return _Prepared(spec.future, payload, key, res.timeout_s)
 
@@ -206,7 +241,12 @@ class RayBackend(Backend):
                 if not p.future.set_running_or_notify_cancel():
                     continue  # cancelled while it waited in a batch
                 try:
-                    ref = _remote(self._ray, p.key).remote(p.shipped)
+                    if p.registered:
+                        ref = _runner(self._ray, p.payload, p.key).remote(
+                            p.shipped, p.payload.submitted_ns
+                        )
+                    else:
+                        ref = _remote(self._ray, p.key).remote(p.shipped)
                 except Exception as exc:
                     err = EngineError(f"Ray refused the task: {type(exc).__name__}: {exc}")
                     p.future.set_exception(err)
@@ -268,9 +308,7 @@ class RayBackend(Backend):
                 while self._unsettled:
                     self._idle.wait()
         elif self._owns_session:  # Ray stops with us: what still runs dies with it
-            self._cancel_live(
-                lambda iid: WorkerDied("executor shut down while the call ran", iid)
-            )
+            self._cancel_live(lambda iid: WorkerDied("executor shut down while the call ran", iid))
         if self._owns_session or wait:
             self._stop = True
             self._wake.set()
@@ -384,8 +422,8 @@ class RayBackend(Backend):
     def _wait_for(self, call: _Call, deadline: float | None) -> None:
         """Wait for the call in the calling thread, up to ``deadline`` (monotonic)."""
         with self._lock:
-            if call.ref not in self._live:
-                return
+            if call.ref not in self._live or len(self._live) > _SELF_FETCH_MAX:
+                return  # many calls in flight: the watcher fetches them in batches
             call.waiters += 1
         try:
             self._fetch(call, deadline)
@@ -427,7 +465,13 @@ class RayBackend(Backend):
         while not self._stop:
             self._wake.clear()
             with self._lock:
-                refs = [ref for ref, call in self._live.items() if not call.waiters]
+                # The oldest calls first, and not too many: ray.wait's cost grows with the
+                # number of refs, and tasks mostly end in the order they were sent.
+                refs = list(
+                    itertools.islice(
+                        (ref for ref, call in self._live.items() if not call.waiters), _WATCH_MAX
+                    )
+                )
                 next_deadline = self._timers[0][0] if self._timers else None
                 if not self._live and self._closing:
                     return
@@ -443,7 +487,10 @@ class RayBackend(Backend):
                 continue
             timeout = delay if until is None else min(delay, until)
             try:
-                ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+                # With many calls in flight, wake for several at a time: each wake-up takes
+                # CPU from Ray's own workers on a small machine.
+                want = max(1, min(len(refs), len(self._live) // 16))
+                ready, rest = ray.wait(refs, num_returns=want, timeout=timeout)
                 if ready and rest:
                     more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
                     ready += more
@@ -452,9 +499,13 @@ class RayBackend(Backend):
                 return
             with self._lock:
                 claimed = [self._live.pop(r) for r in ready if r in self._live]
-            for call in claimed:
+            replies: list[Any] = [None] * len(claimed)
+            if len(claimed) > 1:  # one ray.get for all of them; any error: one by one
+                with contextlib.suppress(Exception):
+                    replies = ray.get([call.ref for call in claimed])
+            for call, reply in zip(claimed, replies, strict=True):
                 try:
-                    self._finish(call)
+                    self._finish(call, reply)
                 except Exception:  # never let one call stop the watcher
                     _log.exception("hetfaas: settling a Ray call failed")
             self._fire_timers()
@@ -567,4 +618,24 @@ def _remote(ray: Any, key: tuple[int, float, int | None]) -> Any:
         default = key == (1, 0.0, None)
         fn = _task if default else _task.options(**_ray_options(*key))
         _task_options[key] = fn
+    return fn
+
+
+def _runner(ray: Any, payload: Payload, key: tuple[int, float, int | None]) -> Any:
+    """The Ray task of ``payload``'s function with these resources, made once (the most
+    recently used few hundred are kept)."""
+    ident = (payload.digest, key, payload.sys_path)
+    fn = _runners.get(ident)
+    if fn is not None:
+        _runners.move_to_end(ident)
+        return fn
+    run = _make_runner(
+        payload.digest, payload.fn, payload.fn_name, payload.sys_path, payload.cpus, payload.gpus
+    )
+    fn = ray.remote(max_retries=0, retry_exceptions=False)(run)
+    if key != (1, 0.0, None):  # Ray's defaults need no .options(), which costs at each call
+        fn = fn.options(**_ray_options(*key))
+    _runners[ident] = fn
+    if len(_runners) > _RUNNERS_MAX:
+        _runners.popitem(last=False)
     return fn

@@ -231,13 +231,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="10x fewer calls (seconds)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--backend", default="local", help="hetfaas backend (default local)")
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="compare engines instead, each next to the raw engine in the same run: a comma "
+        "list of local, submitit-local, slurm, ray",
+    )
+    parser.add_argument(
+        "--calls", default="20,1000", help="map sizes for --backends (default 20,1000)"
+    )
+    parser.add_argument("--partition", default=None, help="Slurm partition for --backends")
 
 
 def run(args: argparse.Namespace) -> int:
-    res = run_overhead(quick=args.quick, backend=args.backend)
+    if args.backends:
+        from .engines import format_engines, run_engines
+
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        sizes = [int(n) for n in args.calls.split(",") if n.strip()]
+        log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+        res = run_engines(backends, sizes, args.quick, args.partition, log)
+        text = format_engines(res)
+    else:
+        res = run_overhead(quick=args.quick, backend=args.backend)
+        text = format_table(res)
     if args.json:
         json.dump(res, sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
     else:
-        print(format_table(res))
+        print(text)
     return 0
