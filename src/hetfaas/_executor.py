@@ -104,9 +104,18 @@ class Executor:
             self._shared.backend.dispatch([prepared])
         return prepared.future
 
-    def map_futures(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Future]:
-        """One call per element (as the built-in ``map`` zips), all handed over at once."""
-        prepared = [self._prepare(fn, args, {}) for args in zip(*iterables, strict=False)]
+    def map_futures(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], group: Any = None
+    ) -> list[Future]:
+        """One call per element (as the built-in ``map`` zips), all handed over at once.
+
+        ``group`` (a name or a ``hetfaas.collectives.GroupSpec``) makes the calls one group:
+        each gets a communicator (rank = its index), as ``comm=`` or through
+        ``hetfaas.collectives.current()``; see :mod:`hetfaas.collectives.group`."""
+        calls = list(zip(*iterables, strict=False))
+        if group is not None:
+            fn, calls = self._grouped(fn, calls, group)
+        prepared = [self._prepare(fn, args, {}) for args in calls]
         pending = getattr(self._shared.batch, "calls", None)
         if pending is not None:
             pending.extend(prepared)
@@ -115,12 +124,17 @@ class Executor:
         return [p.future for p in prepared]
 
     def map(
-        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        group: Any = None,
     ) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``: results in order, the first error raised;
-        ``timeout`` bounds the whole map, counted from this call."""
+        ``timeout`` bounds the whole map, counted from this call. ``group``: see
+        ``map_futures``."""
         end = None if timeout is None else time.monotonic() + timeout
-        futures = self.map_futures(fn, *iterables)
+        futures = self.map_futures(fn, *iterables, group=group)
 
         def results() -> Iterator[Any]:
             for fut in futures:
@@ -128,6 +142,22 @@ class Executor:
                 yield fut.result(fut_timeout)
 
         return results()
+
+    def _grouped(
+        self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], group: Any
+    ) -> tuple[Callable[..., Any], list[tuple[Any, ...]]]:
+        from .collectives import group as groups
+
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
+        spec = groups.as_spec(group)
+        try:
+            cap = self.capacity
+        except Exception:  # an engine that cannot say: nothing to check against
+            cap = None
+        groups.check_fits(len(calls), cap, self._resources)
+        wrapped = groups.GroupCall(fn, spec, len(calls))
+        return wrapped, [(rank, *args) for rank, args in enumerate(calls)]
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:

@@ -8,6 +8,7 @@
 
 from .channels.base import Channel, open_channel, register_channel
 from .comm import Communicator, current
+from .group import GroupSpec
 from .ops import MAX, MIN, PROD, SUM, ReduceOp
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "SUM",
     "Channel",
     "Communicator",
+    "GroupSpec",
     "ReduceOp",
     "current",
     "open_channel",
