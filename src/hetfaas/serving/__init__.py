@@ -1,0 +1,35 @@
+"""Inference functions on GPUs: a model cache per device and locality-aware scheduling.
+
+Pure decision code (``cache``, ``state``, ``policies``, ``scheduler``) is driven by two modes:
+``simulator`` (a discrete-event simulation over ``catalog`` and ``workload``) and ``runtime``
+(real torch models on GPUs, or on CPU "devices" with memory budgets). ``functions`` makes an
+inference function callable from any ``Executor``.
+"""
+
+from .cache import ModelCache
+from .catalog import Catalog, ModelProfile, default_catalog
+from .policies import POLICIES, Policy, PolicyParams, dispatch_rule, get_policy, pick_rule
+from .scheduler import Scheduler
+from .simulator import Cluster, SimResult, simulate
+from .state import SchedulerState
+from .workload import Trace, make_trace
+
+__all__ = [
+    "POLICIES",
+    "Catalog",
+    "Cluster",
+    "ModelCache",
+    "ModelProfile",
+    "Policy",
+    "PolicyParams",
+    "Scheduler",
+    "SchedulerState",
+    "SimResult",
+    "Trace",
+    "default_catalog",
+    "dispatch_rule",
+    "get_policy",
+    "make_trace",
+    "pick_rule",
+    "simulate",
+]
