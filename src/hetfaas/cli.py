@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = benches.add_parser(name, help=help_text)
         importlib.import_module(module).add_arguments(p)
         p.set_defaults(module=module)
+    rendezvous = sub.add_parser("rendezvous", help="pair tcp:// collective peers by group")
+    importlib.import_module("hetfaas.collectives.channels.rendezvous").add_arguments(rendezvous)
+    rendezvous.set_defaults(module="hetfaas.collectives.channels.rendezvous")
     info = sub.add_parser("info", help="describe this machine and the local pool")
     info.set_defaults(module=None)
     return parser

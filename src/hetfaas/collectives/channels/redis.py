@@ -63,9 +63,15 @@ class RedisChannel(MediatedChannel):
             ) from exc
         self.group, self.rank, self.size = group, rank, size
         self.prefix = f"hetfaas:{group}:"
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        # A few quick retries for a dropped connection, not redis-py's seconds of back-off:
+        # a server that is down should fail the operation now, with our error.
         self._client = redis.Redis(
             host=self.host, port=self.port, db=self.db, password=self.password,
             socket_connect_timeout=max(0.1, min(5.0, deadline - time.monotonic())),
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
         )  # fmt: skip
         try:
             self._client.set(f"{self.prefix}hello:{rank}", size)
