@@ -52,7 +52,9 @@ class Communicator:
     directory under the system's temporary directory, which every process of this machine
     sees. Every operation ends by ``timeout_s``; peers that do not take part by then end it in
     :class:`~hetfaas.PeerTimeout` naming them. All ranks must call the collectives in the same
-    order. ``hint`` ("fast" or "cheap") is kept for channel selection by a cost model.
+    order. ``channel`` may also be a list of URIs or channels, one per scheme: then ``hint``
+    ("fast", the default, or "cheap") picks one per operation from the calibrated cost model
+    (:class:`~hetfaas.collectives.selector.ChannelChoice`).
 
     >>> with Communicator(0, 1, "doc") as comm:
     ...     comm.allreduce(3)
@@ -68,7 +70,7 @@ class Communicator:
         rank: int,
         size: int,
         group: str,
-        channel: str | Channel | None = None,
+        channel: str | Channel | list[str | Channel] | None = None,
         timeout_s: float = 60.0,
         hint: str | None = None,
     ) -> None:
@@ -91,6 +93,12 @@ class Communicator:
         self._closed = False
         if channel is None:
             channel = f"file://{default_root()}"
+        if hint not in (None, "fast", "cheap"):
+            raise ConfigurationError(f"hint must be 'fast' or 'cheap', got {hint!r}")
+        if isinstance(channel, (list, tuple)):
+            from .selector import ChannelChoice
+
+            channel = ChannelChoice(channel, hint or "fast")
         self._channel = open_channel(channel)
         self._channel.connect(group, rank, size, self._deadline())
 
