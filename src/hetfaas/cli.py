@@ -12,7 +12,6 @@ _BENCHES = {
     "bmm": ("hetfaas.bench.bmm", "the batched-matmul serverless study (seed 000): four tables"),
     "overhead": ("hetfaas.bench.overhead", "per-call overhead vs a raw pipe and ProcessPool"),
     "collectives": ("hetfaas.bench.collectives", "collectives: channels vs raw TCP/Redis/S3/MPI"),
-    "collectives": ("hetfaas.bench.collectives", "collectives: channels vs raw TCP/Redis/S3/MPI"),
     "kmeans": ("hetfaas.bench.kmeans", "LambdaML-style k-means with an allreduce per epoch"),
     "inference": ("hetfaas.bench.inference", "GPU inference scheduling: LB, LALB, O3 (seed 004)"),
 }
