@@ -129,3 +129,17 @@ def test_calibration_file_round_trip(tmp_path, monkeypatch):
         model.load_profiles()
     with pytest.raises(ConfigurationError, match="no calibration file"):
         model.load_profiles(tmp_path / "missing.json")
+
+
+def test_run_cost_adds_functions_storage_and_servers():
+    prices = Prices()
+    s3 = model.run_cost("s3", 4, 10.0, {"allreduce": 10, "bcast": 1}, prices, memory_gb=1.0)
+    puts = 10 * 4 + 1
+    gets = 10 * 6 + 3
+    assert s3["storage"] == pytest.approx(puts * prices.s3_put + gets * prices.s3_get)
+    assert s3["compute"] == pytest.approx(4 * 10.0 * prices.gb_second + 4 * prices.function_request)
+    assert s3["total"] == pytest.approx(s3["compute"] + s3["storage"])
+    tcp = model.run_cost("tcp", 4, 3600.0, {"allreduce": 1}, prices)
+    assert tcp["server"] == pytest.approx(prices.vm_hour) and tcp["storage"] == 0
+    with pytest.raises(ConfigurationError, match="no model"):
+        model.run_cost("pigeon", 2, 1.0, {})

@@ -71,6 +71,7 @@ __all__ = [
     "load_profiles",
     "op_requests",
     "op_time",
+    "run_cost",
     "save_profiles",
 ]
 
@@ -278,6 +279,40 @@ def estimate(
     elif channel == "tcp":
         cost += seconds / 3600 * prices.vm_hour
     return Estimate(channel, op, peers, int(nbytes), seconds, cost, puts, gets)
+
+
+def run_cost(
+    channel: str,
+    peers: int,
+    seconds: float,
+    ops: Mapping[str, int],
+    prices: Prices | None = None,
+    memory_gb: float = 1.0,
+) -> dict[str, float]:
+    """Cost of a whole run that took ``seconds`` on ``peers`` functions and ran ``ops``
+    (operation -> count): the functions' time, per-request storage prices, and the Redis or
+    rendezvous server prorated over the run. Returns the parts and their ``total``."""
+    prices = prices or Prices()
+    if channel not in KINDS:
+        raise ConfigurationError(f"no model for channel {channel!r}; known: {', '.join(KINDS)}")
+    if not (seconds >= 0 and memory_gb > 0):
+        raise ConfigurationError("seconds must be >= 0 and memory_gb > 0")
+    compute = peers * seconds * memory_gb * prices.gb_second + peers * prices.function_request
+    puts = gets = 0
+    for op, count in ops.items():
+        p, g = op_requests(op, peers)
+        puts, gets = puts + p * count, gets + g * count
+    storage = server = 0.0
+    if channel == "s3":
+        storage = puts * prices.s3_put + gets * prices.s3_get
+    elif channel == "file":
+        storage = (puts + gets) * prices.file_request
+    elif channel == "redis":
+        server = seconds / 3600 * prices.redis_instance_hour
+    elif channel == "tcp":
+        server = seconds / 3600 * prices.vm_hour
+    return {"compute": compute, "storage": storage, "server": server,
+            "total": compute + storage + server}  # fmt: skip
 
 
 def choose(
