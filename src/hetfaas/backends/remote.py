@@ -11,12 +11,13 @@ the future's result or exception and its timings.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cloudpickle
@@ -60,6 +61,19 @@ class Payload:
         return cls(
             digest, fn_bytes, data, resources.cpus, resources.gpus, name, t0, time.time_ns(), paths
         )
+
+    def with_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
+        """This call with another function and arguments (a checkpointed call's next run),
+        pickled afresh: the function may carry state it did not have when first pickled."""
+        try:
+            fn_bytes = cloudpickle.dumps(fn, protocol=5)
+            data = cloudpickle.dumps((tuple(args), dict(kwargs)), protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"the checkpoint of {self.fn_name} cannot be pickled: {type(exc).__name__}: {exc}"
+            ) from exc
+        digest = hashlib.blake2b(fn_bytes, digest_size=16).digest()
+        return replace(self, digest=digest, fn=fn_bytes, args=data)
 
 
 @dataclass

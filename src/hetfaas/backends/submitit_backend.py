@@ -53,24 +53,30 @@ def _import_submitit() -> Any:
 
 
 class _Prepared:
-    __slots__ = ("future", "params", "payload")
+    __slots__ = ("future", "params", "payload", "requeue")
 
-    def __init__(self, future: Future, payload: Payload, params: dict[str, Any]) -> None:
+    def __init__(
+        self, future: Future, payload: Payload, params: dict[str, Any], requeue: bool
+    ) -> None:
         self.future = future
         self.payload = payload
         self.params = params
+        self.requeue = requeue  # checkpointable: requeued on a timeout or preemption
 
 
 class _Pending:
     """One engine job and the calls it carries (one, or many when packed)."""
 
-    __slots__ = ("ended_at", "futures", "job", "payloads")
+    __slots__ = ("ended_at", "futures", "job", "payloads", "requeue")
 
-    def __init__(self, futures: list[Future], payloads: list[Payload], job: Any) -> None:
+    def __init__(
+        self, futures: list[Future], payloads: list[Payload], job: Any, requeue: bool = False
+    ) -> None:
         self.futures = futures
         self.payloads = payloads
         self.job = job
         self.ended_at = 0.0
+        self.requeue = requeue
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
@@ -79,6 +85,44 @@ class _Pending:
         for f in self.futures:
             if not f.done():
                 f.set_exception(exc)
+
+
+class Requeueable:
+    """What a job runs for a call whose function has a ``checkpoint`` method (Submitit's
+    ``helpers.Checkpointable`` contract). On a timeout or preemption signal Submitit calls
+    ``checkpoint``: this one asks the user's function -- the very object that is running, with
+    its state so far -- for its own, ``DelayedSubmission(function, *args, **kwargs)`` (or None:
+    no requeue), and Submitit requeues the job with that call in place of the first."""
+
+    def __init__(self) -> None:
+        self.requeued = False
+
+    def __call__(self, payload: Payload) -> Reply:
+        reply = run_payload(payload)
+        if self.requeued:
+            # Submitit leaves by SystemExit once the job is requeued; run_payload caught it
+            # as the call's error. Leave without a result: the requeued job writes it.
+            raise SystemExit(-1)
+        return reply
+
+    def checkpoint(self, payload: Payload) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        fn = _loaded_function(payload)
+        args, kwargs = pickle.loads(payload.args)
+        delayed = fn.checkpoint(*args, **kwargs)
+        if delayed is None:
+            return None
+        self.requeued = True
+        again = payload.with_call(delayed.function, delayed.args, delayed.kwargs)
+        return DelayedSubmission(Requeueable(), again)
+
+
+def _loaded_function(payload: Payload) -> Any:
+    from . import remote
+
+    fn = remote._loaded.get(payload.digest)
+    return fn if fn is not None else pickle.loads(payload.fn)
 
 
 def run_packed(payloads: list[Payload], cpus: int) -> list[Reply]:
@@ -149,20 +193,22 @@ class SubmititBackend(Backend):
     def prepare(self, spec: CallSpec) -> _Prepared:
         params = self._engine_parameters(spec.resources)  # bad requests fail here, at submit
         payload = Payload.build(spec.fn, spec.args, spec.kwargs, spec.resources)
-        return _Prepared(spec.future, payload, params)
+        requeue = callable(getattr(spec.fn, "checkpoint", None))
+        return _Prepared(spec.future, payload, params, requeue)
 
     def dispatch(self, prepared: list[Any]) -> None:
         if self._closing:
             raise ExecutorShutdownError("this executor is shut down; it accepts no calls")
         groups: dict[tuple[Any, ...], list[_Prepared]] = {}
         for item in prepared:
-            groups.setdefault(tuple(sorted(item.params.items())), []).append(item)
+            key = (item.requeue, *sorted(item.params.items()))
+            groups.setdefault(key, []).append(item)
         for items in groups.values():
             live = [it for it in items if it.future.set_running_or_notify_cancel()]
             if not live:
                 continue
             params = {**self._parameters, **live[0].params}
-            if self.pack > 1 and len(live) > 1:
+            if self.pack > 1 and len(live) > 1 and not live[0].requeue:
                 groups_of = [live[i : i + self.pack] for i in range(0, len(live), self.pack)]
                 params["cpus_per_task"] = max(params.get("cpus_per_task", 1), self.pack_cpus)
             else:
@@ -181,14 +227,15 @@ class SubmititBackend(Backend):
                 for it in group:
                     it.future.engine_id = str(job.job_id)
                 futures, payloads = [it.future for it in group], [it.payload for it in group]
-                records.append(_Pending(futures, payloads, job))
+                records.append(_Pending(futures, payloads, job, group[0].requeue))
             with self._lock:
                 self._pending += records
             self._wake.set()
 
     def _submit_group(self, group: list[_Prepared]) -> Any:
         if len(group) == 1:
-            return self._executor.submit(run_payload, group[0].payload)
+            runner = Requeueable() if group[0].requeue else run_payload
+            return self._executor.submit(runner, group[0].payload)
         return self._executor.submit(run_packed, [it.payload for it in group], self.pack_cpus)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
@@ -231,6 +278,9 @@ class SubmititBackend(Backend):
                 for p in pending:
                     if p not in finished:
                         self._check_state(p, now)
+                requeueable = [p for p in pending if p.requeue and p not in finished]
+                if requeueable:
+                    self._release_requeued(requeueable)
             with self._lock:
                 gone = {id(p) for p in pending if p.done()}
                 self._pending = [p for p in self._pending if id(p) not in gone]
@@ -263,12 +313,16 @@ class SubmititBackend(Backend):
                 state = "TIMEOUT"
             p.fail(_job_error(p, state, f"failed in the engine:\n{value}"))
 
+    def _release_requeued(self, pending: list[_Pending]) -> None:
+        """Hook: let requeued jobs of checkpointable calls run again (engine specific)."""
+
     def _check_state(self, p: _Pending, now: float) -> None:
         try:
             state = str(p.job.state).split()[0].upper()
         except Exception:
             return
         if state not in _ENDED:
+            p.ended_at = 0.0  # running again (requeued)
             return
         if not p.ended_at:
             p.ended_at = now
@@ -279,7 +333,7 @@ class SubmititBackend(Backend):
 
 
 def _interrupted(reply: Reply) -> str:
-    """"TIMEOUT"/"PREEMPTED" when Submitit stopped the call on the engine's signal, else ""."""
+    """ "TIMEOUT"/"PREEMPTED" when Submitit stopped the call on the engine's signal, else ""."""
     if reply.ok or reply.exception_is_text:
         return ""
     with contextlib.suppress(Exception):
@@ -327,7 +381,9 @@ class SlurmBackend(SubmititBackend):
     """Submitit's ``SlurmExecutor`` on a real Slurm cluster.
 
     Options: ``folder`` (shared by the submitter and the nodes), ``partition``, ``pack``,
-    and any ``slurm_*`` parameter of Submitit (e.g. ``slurm_additional_parameters``).
+    ``release_requeued`` (see :meth:`_release_requeued`), and any ``slurm_*`` parameter of
+    Submitit (e.g. ``slurm_additional_parameters``, ``slurm_max_num_timeout``: how many times
+    a checkpointable call is requeued after a time limit, default 3).
     ``timeout_s`` becomes a time limit in whole minutes (Slurm's unit) with room for Slurm's
     early pre-limit signal: the call is stopped after ``timeout_s``, within about a minute.
     """
@@ -340,9 +396,11 @@ class SlurmBackend(SubmititBackend):
         partition: str | None = None,
         pack: int = 1,
         pack_cpus: int | None = None,
+        release_requeued: bool = True,
         **parameters: Any,
     ) -> None:
         _check_slurm()
+        self._release = release_requeued
         if partition is not None:
             parameters["slurm_partition"] = partition
         # Submitit signals a job 90 s before its time limit by default, which would stop
@@ -361,6 +419,19 @@ class SlurmBackend(SubmititBackend):
 
     def _make_executor(self) -> Any:
         return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm")
+
+    def _release_requeued(self, pending: list[_Pending]) -> None:
+        """Slurm holds a requeued batch job for about two minutes (pending, reason BeginTime)
+        before it may start again; with ``release_requeued`` (the default) a requeued job of a
+        checkpointable call is made eligible at once."""
+        if not self._release:
+            return
+        ids = ",".join(str(p.job.job_id) for p in pending)
+        with contextlib.suppress(ConfigurationError):
+            for line in _run(["squeue", "-h", "-o", "%i %T %r", "-j", ids]).splitlines():
+                job_id, state, reason = [*line.split(), "", "", ""][:3]
+                if state == "PENDING" and reason == "BeginTime":
+                    _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
 
     def capacity(self) -> Capacity:
         out = _run(["sinfo", "-h", "-o", "%c %G %m"]).split()
@@ -389,4 +460,3 @@ def _check_slurm() -> None:
         _run(["sinfo", "-h"])
     except ConfigurationError as exc:
         raise ConfigurationError(f"Slurm is not reachable: {exc}") from None
-
