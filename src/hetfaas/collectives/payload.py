@@ -62,12 +62,15 @@ def encode(obj: Any) -> tuple[list[Any], int]:
     import io
 
     buffers: list[pickle.PickleBuffer] = []
-    stream = io.BytesIO()
     try:
-        _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+        if "torch" in sys.modules:
+            stream = io.BytesIO()
+            _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+            body: Any = stream.getbuffer()
+        else:  # no tensors possible: the plain C pickler, a few times faster for small ones
+            body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise SerializationError(f"cannot send {type(obj).__name__}: {exc}") from exc
-    body = stream.getbuffer()
     raws = [b.raw() for b in buffers]
     head = _HEAD.pack(_MAGIC, len(raws), len(body)) + b"".join(_LEN.pack(r.nbytes) for r in raws)
     segments: list[Any] = [head, body]
