@@ -154,3 +154,20 @@ def test_unknown_names_list_the_known_ones():
     with pytest.raises(ConfigurationError, match="threshold"):
         PolicyParams(threshold=0)
     assert set(POLICIES) >= {"lb", "lalb", "lalb+o3", "ours"}
+
+
+def test_o3_steal_takes_a_hit_queued_on_the_busiest_other_device():
+    from hetfaas.serving.policies import o3_steal
+
+    s = make_state(n_devices=3, capacity=100, sizes=(40, 40, 40))
+    resident(s, 0, 0, 1)
+    resident(s, 1, 1)
+    resident(s, 2, 2)
+    assert o3_steal(s, 0, P) is None  # nothing queued anywhere
+    for r, (d, m) in enumerate([(1, 2), (1, 1), (2, 2), (2, 2), (2, 1), (2, 0)]):
+        s.enqueue(d, r, m)
+    # device 0 holds 0 and 1; queued elsewhere: model 1 on 1 (load 2) and 2 (load 4), 0 on 2
+    assert o3_steal(s, 0, P) == (2, 2)  # busiest device 2, its first request for 0 or 1
+    s.move(2, 3, 0)
+    s.check_invariants()
+    assert s.queues[0] == [4] and s.load[2] == 3

@@ -20,7 +20,7 @@ from hetfaas.serving.workload import make_trace
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_invariants_after_every_event_of_a_long_random_run_with_faults(policy):
     cat = default_catalog(30)
-    trace = make_trace(3000, 30, 60.0, arrival="bursty", seed=3)
+    trace = make_trace(3000, 30, 100.0, arrival="bursty", seed=3)
     params = PolicyParams(threshold=4, starvation_bound=3, window=16)
     faults = [(trace.arrivals[1000], 1), (trace.arrivals[2000], 4)]
     res = simulate(trace, cat, Cluster(3, 2, GIB), policy, params, faults=faults, check=True)

@@ -1,11 +1,13 @@
 """Scheduling policies: pure functions of the scheduler state.
 
-A policy is three choices, each looked up by name:
+A policy is up to four choices, each looked up by name:
 
 - a **dispatch rule** ``(state, model, params) -> device``: which device's queue a new request
   joins (called once per request, on arrival);
 - a **pick rule** ``(state, device, params) -> index``: which request of that device's queue
   runs next (called when the device is idle and its queue is not empty);
+- a **steal rule** (optional) ``(state, device, params) -> (source, index) | None``: a
+  request queued on another device that this idle device, its own queue empty, runs instead;
 - an **eviction** order for the device caches (``"lru"`` or ``"gdsf"``, see ``cache.py``).
 
 Adding a rule is one decorated function; adding a named policy is one line in ``POLICIES``.
@@ -32,6 +34,16 @@ Pick rules
              device (a hit) runs before the misses ahead of it. Starvation bound: a request
              that has been overtaken ``starvation_bound`` times can no longer be overtaken, so
              the scan stops at it and runs it. No request is ever overtaken more often.
+
+Steal rules
+  ``o3``     the other half of out-of-order dispatch: an idle device with nothing queued takes
+             a request queued elsewhere whose model it holds in memory (from the most loaded
+             such device, the first such request there), so the request overtakes the queue
+             it waited in and still hits. Requests it jumps are not delayed, so this counts
+             no overtaking.
+
+The paper's LALB+O3 is ``lalb`` dispatch, ``o3`` pick and ``o3`` steal; ours swaps in
+``lalb-coldest`` placement.
 """
 
 from __future__ import annotations
@@ -62,8 +74,11 @@ class PolicyParams:
 DispatchRule = Callable[[SchedulerState, int, PolicyParams], int]
 PickRule = Callable[[SchedulerState, int, PolicyParams], int]
 
+StealRule = Callable[[SchedulerState, int, PolicyParams], "tuple[int, int] | None"]
+
 DISPATCH: dict[str, DispatchRule] = {}
 PICK: dict[str, PickRule] = {}
+STEAL: dict[str, StealRule] = {}
 
 
 def dispatch_rule(name: str) -> Callable[[DispatchRule], DispatchRule]:
@@ -85,6 +100,18 @@ def pick_rule(name: str) -> Callable[[PickRule], PickRule]:
         if not callable(fn):
             raise ConfigurationError(f"pick rule {name!r} must be callable")
         PICK[name] = fn
+        return fn
+
+    return register
+
+
+def steal_rule(name: str) -> Callable[[StealRule], StealRule]:
+    """Register a steal rule under ``name``."""
+
+    def register(fn: StealRule) -> StealRule:
+        if not callable(fn):
+            raise ConfigurationError(f"steal rule {name!r} must be callable")
+        STEAL[name] = fn
         return fn
 
     return register
@@ -147,6 +174,24 @@ def o3(state: SchedulerState, device: int, params: PolicyParams) -> int:
     return 0
 
 
+@steal_rule("o3")
+def o3_steal(state: SchedulerState, device: int, params: PolicyParams) -> tuple[int, int] | None:
+    best, best_load = -1, 0
+    load, queued = state.load, state.queued
+    cache = state.caches[device]
+    for m in cache:
+        for e in queued[m]:
+            if e != device and load[e] > best_load:
+                best, best_load = e, load[e]
+    if best < 0:
+        return None
+    req_model = state.req_model
+    for i, r in enumerate(state.queues[best]):
+        if req_model[r] in cache:
+            return best, i
+    return None  # unreachable while the index is exact
+
+
 @dataclass(frozen=True)
 class Policy:
     """A named combination of a dispatch rule, a pick rule and an eviction order."""
@@ -155,6 +200,7 @@ class Policy:
     dispatch: str
     pick: str = "fifo"
     eviction: str = "lru"
+    steal: str | None = None
 
     def __post_init__(self) -> None:
         if self.dispatch not in DISPATCH:
@@ -164,6 +210,10 @@ class Policy:
         if self.pick not in PICK:
             raise ConfigurationError(
                 f"unknown pick rule {self.pick!r}; known: {', '.join(sorted(PICK))}"
+            )
+        if self.steal is not None and self.steal not in STEAL:
+            raise ConfigurationError(
+                f"unknown steal rule {self.steal!r}; known: {', '.join(sorted(STEAL))}"
             )
         if self.eviction not in EVICTIONS:
             raise ConfigurationError(
@@ -176,9 +226,9 @@ POLICIES: dict[str, Policy] = {
     for p in (
         Policy("lb", "lb"),
         Policy("lalb", "lalb"),
-        Policy("lalb+o3", "lalb", "o3"),
-        Policy("ours", "lalb-coldest", "o3"),
-        Policy("ours+gdsf", "lalb-coldest", "o3", "gdsf"),
+        Policy("lalb+o3", "lalb", "o3", steal="o3"),
+        Policy("ours", "lalb-coldest", "o3", steal="o3"),
+        Policy("ours+gdsf", "lalb-coldest", "o3", "gdsf", steal="o3"),
     )
 }
 

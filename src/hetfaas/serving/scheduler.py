@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..exceptions import DeviceFailed, ModelTooLarge, UnknownModel
-from .policies import DISPATCH, PICK, Policy, PolicyParams, get_policy
+from .policies import DISPATCH, PICK, STEAL, Policy, PolicyParams, get_policy
 from .state import SchedulerState
 
 
@@ -45,6 +45,7 @@ class Scheduler:
         )
         self._dispatch = DISPATCH[self.policy.dispatch]
         self._pick = PICK[self.policy.pick]
+        self._steal = STEAL[self.policy.steal] if self.policy.steal else None
 
     def check(self, model: int) -> None:
         """Raise the error a request for ``model`` would get (UnknownModel, ModelTooLarge...)."""
@@ -69,9 +70,18 @@ class Scheduler:
     def next(self, device: int) -> Start | None:
         """The request ``device`` runs now, or None when it is busy, failed or has none."""
         state = self.state
-        if state.running[device] >= 0 or not state.queues[device]:
+        if state.running[device] >= 0 or state.failed[device]:
             return None
-        index = self._pick(state, device, self.params)
+        if not state.queues[device]:
+            if self._steal is None:
+                return None
+            found = self._steal(state, device, self.params)
+            if found is None:
+                return None
+            state.move(found[0], found[1], device)
+            index = 0
+        else:
+            index = self._pick(state, device, self.params)
         request, hit, evicted = state.start(device, index)
         return Start(request, state.req_model[request], hit, evicted)
 

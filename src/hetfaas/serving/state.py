@@ -16,6 +16,7 @@ equally loaded devices go to the one that waited longest (round robin among equa
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Sequence
 
 from ..exceptions import ConfigurationError, ServingError
@@ -59,6 +60,8 @@ class SchedulerState:
         self.stamp = [0] * n
         # model -> references on the device: 1 if resident, plus 1 per queued/running request
         self.held: list[dict[int, int]] = [{} for _ in range(n)]
+        # model -> {device: requests for it queued (not running) there}
+        self.queued: list[dict[int, int]] = [{} for _ in sizes]
         self.req_model: dict[int, int] = {}
         self.req_est: dict[int, float] = {}
         self.overtaken: dict[int, int] = {}
@@ -135,6 +138,8 @@ class SchedulerState:
         refs = held.get(model, 0)
         est = self.infer_times[model] + (0.0 if refs else self.load_times[model])
         held[model] = refs + 1
+        qd = self.queued[model]
+        qd[device] = qd.get(device, 0) + 1
         self.queues[device].append(request)
         self.req_model[request] = model
         self.req_est[request] = est
@@ -176,6 +181,7 @@ class SchedulerState:
             request = queue.pop(0)
         self.running[device] = request
         model = self.req_model[request]
+        self._unqueue(model, device)
         cache = self.caches[device]
         if model in cache:
             cache.touch(model, self.load_times[model])
@@ -192,6 +198,32 @@ class SchedulerState:
         held[model] += 1
         cache.pin(model)
         return request, False, evicted
+
+    def _unqueue(self, model: int, device: int) -> None:
+        qd = self.queued[model]
+        c = qd[device] - 1
+        if c:
+            qd[device] = c
+        else:
+            del qd[device]
+
+    def move(self, source: int, index: int, device: int) -> None:
+        """Take the request at ``index`` of ``source``'s queue to the end of ``device``'s."""
+        request = self.queues[source].pop(index)
+        model = self.req_model.pop(request)
+        self._unqueue(model, source)
+        held = self.held[source]
+        refs = held[model] - 1
+        if refs:
+            held[model] = refs
+        else:
+            del held[model]
+        self.load[source] -= 1
+        self.backlog[source] -= self.req_est.pop(request)
+        if self.backlog[source] < _EPS:
+            self.backlog[source] = 0.0
+        self._changed(source)
+        self.enqueue(device, request, model)
 
     def finish(self, device: int) -> int:
         """The running request ended (done, or failed without harming the device)."""
@@ -236,6 +268,8 @@ class SchedulerState:
             r = self.running[device]
             out.append((r, self.req_model[r]))
         out.extend((r, self.req_model[r]) for r in self.queues[device])
+        for r in self.queues[device]:
+            self._unqueue(self.req_model[r], device)
         for r, _ in out:
             del self.req_model[r]
             del self.req_est[r]
@@ -274,7 +308,13 @@ class SchedulerState:
                 problems.append(f"device {d}: pinned {pinned}, running {expect}")
             if self.backlog[d] < -_EPS:
                 problems.append(f"device {d}: negative backlog")
+            for m, n_queued in Counter(map(self.req_model.__getitem__, queue)).items():
+                if self.queued[m].get(d, 0) != n_queued:
+                    problems.append(f"device {d}: queued count of model {m} is wrong")
             if self.failed[d] and (len(cache) or self.load[d]):
                 problems.append(f"device {d}: failed but holds work or models")
+        listed = sum(sum(qd.values()) for qd in self.queued)
+        if listed != sum(len(q) for q in self.queues):
+            problems.append(f"{listed} queued requests indexed, not {sum(map(len, self.queues))}")
         if problems:
             raise ServingError("scheduler state broken: " + "; ".join(problems))
