@@ -168,6 +168,6 @@ def test_o3_steal_takes_a_hit_queued_on_the_busiest_other_device():
         s.enqueue(d, r, m)
     # device 0 holds 0 and 1; queued elsewhere: model 1 on 1 (load 2) and 2 (load 4), 0 on 2
     assert o3_steal(s, 0, P) == (2, 2)  # busiest device 2, its first request for 0 or 1
-    s.move(2, 3, 0)
+    s.move(2, 2, 0)
     s.check_invariants()
     assert s.queues[0] == [4] and s.load[2] == 3
