@@ -10,7 +10,7 @@ def add(a, b):
 # executor is the submission interface (logs are dumped in the folder)
 executor = submitit.AutoExecutor(folder="log_test")
 # set timeout in min, and partition for running the job
-executor.update_parameters(timeout_min=1, slurm_partition="dev")
+executor.update_parameters(timeout_min=1, slurm_partition="debug")
 job = executor.submit(add, 5, 7)  # will compute add(5, 7)
 print(job.job_id)  # ID of your job
 

@@ -1,6 +1,8 @@
 """The Submitit surface: Submitit code runs after changing only its import."""
 
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -21,12 +23,42 @@ def test_example_runs_unchanged_but_for_the_import(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().splitlines()[-1]
-    assert job_id.startswith("local-")
+    # Slurm's job id when a Slurm cluster answers here (as Submitit's AutoExecutor), else ours
+    assert job_id.isdigit() if submitit.slurm_reachable() else job_id.startswith("local-")
     assert (tmp_path / "log_test" / f"{job_id}_0_log.out").exists()
 
 
-def test_job_surface(tmp_path):
+def test_unknown_cluster_is_named(tmp_path):
+    with pytest.raises(hetfaas.ConfigurationError, match="'slurm', 'local'"):
+        submitit.AutoExecutor(folder=tmp_path, cluster="pbs")
+
+
+def test_auto_executor_picks_slurm_when_it_answers(tmp_path):
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("starting Slurm daemons here needs root and apt-get")
+    pytest.importorskip("submitit")
+    proc = subprocess.run([str(ROOT / "scripts" / "slurm-up")], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert submitit.slurm_reachable()
     with submitit.AutoExecutor(folder=tmp_path) as executor:
+        assert executor.cluster == "slurm"
+        executor.update_parameters(timeout_min=1, slurm_partition="debug")
+        job = executor.submit(fx.chatty, 3)
+        assert job.result() == 3 and job.state == "COMPLETED"
+        assert job.job_id.isdigit() and job.job_id == job.future.engine_id
+        assert "hello 3" in job.stdout()
+        assert job.paths.stdout == tmp_path / f"{job.job_id}_0_log.out"
+        jobs = executor.map_array(fx.add, [1, 2], [10, 20])
+        assert [j.result() for j in jobs] == [11, 22]
+        assert all("_" in j.job_id for j in jobs)  # tasks of one Slurm job array
+        executor.update_parameters(slurm_partition="no-such-partition")
+        with pytest.raises(hetfaas.EngineError, match="no-such-partition|partition"):
+            executor.submit(fx.add, 1, 1)
+
+
+def test_job_surface(tmp_path):
+    with submitit.AutoExecutor(folder=tmp_path, cluster="local") as executor:
         executor.update_parameters(timeout_min=1, cpus_per_task=1, mem_gb=1, slurm_partition="x")
         assert executor.parameters["slurm_partition"] == "x"
         job = executor.submit(fx.chatty, 3)
@@ -47,7 +79,7 @@ def test_job_surface(tmp_path):
 
 
 def test_parameters_map_to_resources(tmp_path):
-    with submitit.AutoExecutor(folder=tmp_path) as executor:
+    with submitit.AutoExecutor(folder=tmp_path, cluster="local") as executor:
         executor.update_parameters(timeout_min=0.01)  # 0.6 s
         with pytest.raises(hetfaas.CallTimeout):
             executor.submit(fx.sleepy, 30).result()

@@ -3,21 +3,26 @@
 ``import submitit`` becomes ``from hetfaas import submitit``::
 
     executor = submitit.AutoExecutor(folder="log_test")
-    executor.update_parameters(timeout_min=1, slurm_partition="dev")
+    executor.update_parameters(timeout_min=1, slurm_partition="debug")
     job = executor.submit(add, 5, 7)
     print(job.job_id)
     assert job.result() == 12
 
-``AutoExecutor`` runs on the warm local pool here (no Slurm engine is registered in this
-build; the ``slurm_*`` parameters are recorded and reported by ``executor.parameters``). Each
-job's stdout and stderr are captured and written to ``folder`` as Submitit does
-(``<job_id>_0_log.out`` / ``.err``).
+As Submitit's, ``AutoExecutor`` picks Slurm when a Slurm cluster answers here (``sbatch`` on
+the PATH and ``sinfo`` working), else the local machine -- here the warm local pool instead of
+one new process per job. ``cluster="slurm"`` or ``cluster="local"`` forces one. On Slurm, jobs
+are hetfaas ``"slurm"`` backend jobs (fast completion, arrays for ``map_array``/``batch``),
+``job.job_id`` is Slurm's and ``job.stdout()``/``stderr()`` read Submitit's log files in
+``folder``. Locally, each job's stdout and stderr are captured and written to ``folder`` as
+Submitit does (``<job_id>_0_log.out`` / ``.err``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,14 +57,15 @@ class JobPaths(NamedTuple):
 class Job:
     """A submitted call, with Submitit's ``Job`` methods."""
 
-    def __init__(self, future: Future, folder: Path) -> None:
+    def __init__(self, future: Future, folder: Path, on_slurm: bool = False) -> None:
         self._future = future
         self._folder = folder
-        self._written = False
+        self._on_slurm = on_slurm  # Submitit writes the logs; else they are written here
+        self._written = on_slurm
 
     @property
     def job_id(self) -> str:
-        return self._future.invocation_id
+        return self._future.engine_id if self._on_slurm else self._future.invocation_id
 
     @property
     def state(self) -> str:
@@ -108,16 +114,18 @@ class Job:
 
     def stdout(self) -> str | None:
         """What the job printed (None while it has not finished)."""
-        if not self._future.done():
-            return None
-        self._write_logs()
-        return self._future.stdout
+        return self._log(self.paths.stdout, "stdout")
 
     def stderr(self) -> str | None:
+        return self._log(self.paths.stderr, "stderr")
+
+    def _log(self, path: Path, stream: str) -> str | None:
         if not self._future.done():
             return None
+        if self._on_slurm:
+            return path.read_text() if path.exists() else None
         self._write_logs()
-        return self._future.stderr
+        return str(getattr(self._future, stream))
 
     def _write_logs(self) -> None:
         if self._written or not self._future.done():
@@ -132,20 +140,38 @@ class Job:
 
 
 class AutoExecutor:
-    """Submitit's ``AutoExecutor``: ``update_parameters``, ``submit``, ``map_array``, ``batch``."""
+    """Submitit's ``AutoExecutor``: ``update_parameters``, ``submit``, ``map_array``, ``batch``.
+
+    ``cluster``: None picks Slurm when it answers here, else the local pool; ``"slurm"``
+    requires Slurm; ``"local"`` or ``"debug"`` run on the local pool. Other keyword options
+    go to the hetfaas backend (e.g. ``max_workers`` locally, ``pack`` on Slurm).
+    """
 
     def __init__(
         self, folder: str | os.PathLike[str], cluster: str | None = None, **options: Any
     ) -> None:
-        if cluster not in (None, "local", "debug"):
+        if cluster not in (None, "slurm", "local", "debug"):
             raise ConfigurationError(
-                f"cluster={cluster!r} is not available in this build; use None or 'local'"
+                f"unknown cluster {cluster!r}; known: None (pick), 'slurm', 'local', 'debug'"
             )
         self.folder = Path(folder).expanduser().absolute()
-        self.cluster = "local"
+        if cluster is None:
+            cluster = "slurm" if slurm_reachable() else "local"
+        self.cluster = "slurm" if cluster == "slurm" else "local"
         self.parameters: dict[str, Any] = {}
         self._resources = Resources()
-        self._executor = Executor("local", capture_output=True, **options)
+        self._options = options
+        self._engine_params: dict[str, Any] = {}  # slurm_* parameters the executor was made with
+        self._retired: list[Executor] = []
+        self._executor = self._make_executor()
+
+    def _make_executor(self) -> Executor:
+        if self.cluster == "local":
+            return Executor("local", capture_output=True, **self._options)
+        params = {k: v for k, v in self.parameters.items() if k.startswith("slurm_")}
+        self._engine_params = params
+        partition = params.pop("slurm_partition", None)
+        return Executor("slurm", folder=self.folder, partition=partition, **self._options, **params)
 
     def update_parameters(self, **kwargs: Any) -> None:
         """Submitit's parameters: timeout_min, cpus_per_task, gpus_per_node, mem_gb, name,
@@ -170,13 +196,20 @@ class AutoExecutor:
         self._resources = res.replace(**changes) if changes else res
 
     def _view(self) -> Executor:
+        if self.cluster == "slurm":
+            wanted = {k: v for k, v in self.parameters.items() if k.startswith("slurm_")}
+            if wanted != self._engine_params:  # new slurm_* parameters: a new Slurm executor
+                self._retired.append(self._executor)
+                self._executor = self._make_executor()
         return self._executor.options(resources=self._resources)
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
-        return Job(self._view().submit(fn, *args, **kwargs), self.folder)
+        on_slurm = self.cluster == "slurm"
+        return Job(self._view().submit(fn, *args, **kwargs), self.folder, on_slurm)
 
     def map_array(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Job]:
-        return [Job(f, self.folder) for f in self._view().map_futures(fn, *iterables)]
+        on_slurm = self.cluster == "slurm"
+        return [Job(f, self.folder, on_slurm) for f in self._view().map_futures(fn, *iterables)]
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -184,7 +217,8 @@ class AutoExecutor:
             yield
 
     def shutdown(self) -> None:
-        self._executor.shutdown()
+        for ex in [*self._retired, self._executor]:
+            ex.shutdown()
 
     def __enter__(self) -> AutoExecutor:
         return self
@@ -193,6 +227,21 @@ class AutoExecutor:
         self.shutdown()
 
 
-LocalExecutor = AutoExecutor
+def slurm_reachable() -> bool:
+    """Whether a Slurm cluster answers here: ``sbatch`` on the PATH and ``sinfo`` working."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        proc = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
 
-__all__ = ["AutoExecutor", "Job", "JobPaths", "LocalExecutor"]
+
+class LocalExecutor(AutoExecutor):
+    """Submitit's ``LocalExecutor``: always this machine (the warm local pool)."""
+
+    def __init__(self, folder: str | os.PathLike[str], **options: Any) -> None:
+        super().__init__(folder, cluster="local", **options)
+
+__all__ = ["AutoExecutor", "Job", "JobPaths", "LocalExecutor", "slurm_reachable"]
