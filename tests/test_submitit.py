@@ -53,7 +53,7 @@ def test_auto_executor_picks_slurm_when_it_answers(tmp_path):
         assert [j.result() for j in jobs] == [11, 22]
         assert all("_" in j.job_id for j in jobs)  # tasks of one Slurm job array
         executor.update_parameters(slurm_partition="no-such-partition")
-        with pytest.raises(hetfaas.EngineError, match="no-such-partition|partition"):
+        with pytest.raises(hetfaas.EngineError, match=r"no-such-partition|partition"):
             executor.submit(fx.add, 1, 1)
 
 
