@@ -163,6 +163,8 @@ def fifo(state: SchedulerState, device: int, params: PolicyParams) -> int:
 @pick_rule("o3")
 def o3(state: SchedulerState, device: int, params: PolicyParams) -> int:
     queue = state.queues[device]
+    if len(queue) == 1:
+        return 0
     cache = state.caches[device]
     req_model = state.req_model
     overtaken = state.overtaken

@@ -62,7 +62,12 @@ class Scheduler:
 
     def submit(self, request: int, model: int) -> int:
         """Queue a request on the device the policy picks; returns that device."""
-        self.check(model)
+        state = self.state
+        sizes = state.sizes
+        if not (type(model) is int and 0 <= model < len(sizes)) or (
+            sizes[model] > state._live_max_capacity
+        ):
+            self.check(model)  # raises the specific error
         device = self._dispatch(self.state, model, self.params)
         self.state.enqueue(device, request, model)
         return device
