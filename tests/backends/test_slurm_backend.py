@@ -39,6 +39,8 @@ def test_submit_runs_as_a_slurm_job(slurm):
     t = fut.timings
     assert t.backend == "slurm"
     assert abs(sum(getattr(t, p) for p in PHASES) - t.total_us) < 1.0
+    # Slurm's part (sbatch, pending, launch) is queue; the job's new Python starting is cold
+    assert t.queue_us > 0 and t.cold_start_us > 0
 
 
 def test_map_is_a_job_array(slurm):

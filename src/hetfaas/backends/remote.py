@@ -86,7 +86,9 @@ class Reply:
     begin_ns: int = 0  # the wrapper started (wall clock, engine side)
     start_ns: int = 0
     end_ns: int = 0
-    load_ns: int = 0  # unpickling the function the first time in this process (cold)
+    load_ns: int = 0  # cold: unpickling the function the first time in this process, and
+    # unpickling arguments that imported modules (torch, ...) the first time
+    proc_start_ns: int = 0  # when this engine process started (wall clock, ~10 ms resolution)
     pid: int = 0
     host: str = ""
     cpus: tuple[int, ...] = field(default_factory=tuple)
@@ -105,7 +107,11 @@ def run_payload(payload: Payload) -> Reply:
             fn = pickle.loads(payload.fn)
             _loaded[payload.digest] = fn
             load_ns = time.time_ns() - t
+        known = len(sys.modules)
+        t = time.time_ns()
         args, kwargs = pickle.loads(payload.args)
+        if len(sys.modules) != known:  # the arguments imported modules: a cold start's cost
+            load_ns += time.time_ns() - t
         torch = sys.modules.get("torch")
         if torch is not None and torch.get_num_threads() != payload.cpus:
             torch.set_num_threads(payload.cpus)
@@ -131,9 +137,24 @@ def run_payload(payload: Payload) -> Reply:
         except Exception:
             data, text = pickle.dumps((type(exc).__qualname__, str(exc), tb)), True
     return Reply(
-        ok, data, text, begin, start, end, load_ns, os.getpid(), os.uname().nodename,
-        tuple(sorted(os.sched_getaffinity(0))), os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        ok, data, text, begin, start, end, load_ns, _process_start_ns(), os.getpid(),
+        os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
+        os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     )  # fmt: skip
+
+
+_proc_start: list[int] = []
+
+
+def _process_start_ns() -> int:
+    if not _proc_start:
+        import psutil
+
+        try:
+            _proc_start.append(int(psutil.Process().create_time() * 1e9))
+        except psutil.Error:
+            _proc_start.append(0)
+    return _proc_start[0]
 
 
 def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
@@ -156,10 +177,15 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
     t0 = payload.submitted_ns
     total = done - t0
     compute = reply.end_ns - reply.start_ns
-    cold = reply.load_ns
-    t_in = (payload.pickled_ns - t0) + max(0, reply.start_ns - reply.begin_ns - cold)
+    # A process the engine started for this call (a Slurm job, a new Ray worker): its start-up
+    # (interpreter, imports) is cold start; the engine's part before it stays queue.
+    boot = reply.begin_ns - reply.proc_start_ns if reply.proc_start_ns > t0 else 0
+    cold = reply.load_ns + max(0, boot)
+    t_in = (payload.pickled_ns - t0) + max(0, reply.start_ns - reply.begin_ns - reply.load_ns)
     t_out = done - reply.end_ns
     queue = total - cold - t_in - compute - t_out  # the engine: submit, pending, launch
+    if queue < 0:  # the process start time's coarse clock: take it from the cold start
+        cold, queue = max(0, cold + queue), 0
     gpus = tuple(int(g) for g in reply.gpus.split(",") if g.strip().isdigit())
     fut._stamps = (
         queue, cold, t_in, compute, t_out, total, t0, reply.start_ns, reply.end_ns, done,

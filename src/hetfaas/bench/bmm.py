@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .kernels import ATOL_PER_SQRT_N, RTOL, bmm_gpu, bmm_single, flops, mm_single, verify
+from .kernels import (
+    ATOL_PER_SQRT_N,
+    RTOL,
+    bmm_gpu,
+    bmm_single,
+    cuda_devices,
+    flops,
+    mm_single,
+    verify,
+)
 
 Shape = tuple[int, int, int, int]
 
@@ -489,7 +498,15 @@ def run_study(
     except OSError:
         load_start = None
     cap = ex.capacity
-    gpus = int(cap.gpus)
+    gpus = declared_gpus = int(cap.gpus)
+    if gpus:
+        # An engine may declare GPUs that torch cannot use there (Slurm GRES on device nodes
+        # made for scheduling tests): ask a call that holds one.
+        usable = ex.options(resources=_resources(cpus=1, gpus=1)).submit(cuda_devices).result()
+        if not usable:
+            say(f"{ex.backend.name} declares {gpus} GPU(s) but torch sees no CUDA device in a "
+                "call holding one: the GPU tables are left out")  # fmt: skip
+            gpus = 0
     slots = max(1, min(int(cap.cpus), int(cap.max_workers)))
     say(f"capacity: {cap.cpus} CPUs, {gpus} GPUs, {cap.max_workers} workers; warming up")
     cold = warm_up(ex, cfg, slots, gpus)
@@ -556,6 +573,7 @@ def run_study(
         "capacity": {
             "cpus": int(cap.cpus),
             "gpus": gpus,
+            "gpus_declared": declared_gpus,
             "gpu_names": list(getattr(cap, "gpu_names", ()) or ()),
             "max_workers": int(cap.max_workers),
             "cpu_slots": slots,

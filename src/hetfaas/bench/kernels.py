@@ -58,6 +58,13 @@ def mm_single(a: torch.Tensor, b: torch.Tensor, repeat: int = 1000) -> torch.Ten
     return c
 
 
+def cuda_devices() -> int:
+    """How many CUDA devices torch can use in this process (0 when none, or no CUDA build)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
 def bmm_gpu(
     A: torch.Tensor, B: torch.Tensor, repeat: int = 1000, device: str | int | None = None
 ) -> torch.Tensor:
