@@ -172,3 +172,17 @@ def test_inference_function_through_an_executor(ex, tmp_path):
             assert torch.allclose(fut.result(timeout=60), mlp([16, 24][i % 2])()(batch))
     with pytest.raises(UnknownModel):
         ex.submit(infer, "nope", batch).result(timeout=60)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_real_mode_on_the_gpus(infer):
+    mgr = GPUManager.detect()
+    assert all(d.startswith("cuda") for d in mgr.devices)
+    batch = torch.randn(4, 8)
+    refs = [expected(i, batch) for i in range(len(WIDTHS))]
+    with Runtime(infer, [mgr], "lalb+o3") as rt:
+        futs = [rt.submit(f"mlp-{i % len(WIDTHS)}", batch) for i in range(30)]
+        for i, fut in enumerate(futs):
+            assert torch.allclose(fut.result(timeout=60), refs[i % len(WIDTHS)], atol=1e-5)
+        assert rt.summary()["requests"] == 30
+        rt.scheduler.state.check_invariants()

@@ -8,7 +8,9 @@ inference function callable from any ``Executor``.
 
 from .cache import ModelCache
 from .catalog import Catalog, ModelProfile, default_catalog
+from .functions import InferenceFunction, save_weights
 from .policies import POLICIES, Policy, PolicyParams, dispatch_rule, get_policy, pick_rule
+from .runtime import GPUManager, RequestRecord, Runtime
 from .scheduler import Scheduler
 from .simulator import Cluster, SimResult, simulate
 from .state import SchedulerState
@@ -18,10 +20,14 @@ __all__ = [
     "POLICIES",
     "Catalog",
     "Cluster",
+    "GPUManager",
+    "InferenceFunction",
     "ModelCache",
     "ModelProfile",
     "Policy",
     "PolicyParams",
+    "RequestRecord",
+    "Runtime",
     "Scheduler",
     "SchedulerState",
     "SimResult",
@@ -31,5 +37,6 @@ __all__ = [
     "get_policy",
     "make_trace",
     "pick_rule",
+    "save_weights",
     "simulate",
 ]

@@ -8,7 +8,8 @@ with the policies, is ``runtime.Runtime``; both load models the same way (``load
 
 Weights are read from a store named by URI scheme: ``file:///abs/path.pt`` (or a plain path)
 and ``s3://bucket/key`` (boto3, imported only then; endpoint and keys from the usual AWS
-variables). Unknown schemes fail with the list of known ones.
+variables, or ``?endpoint=...&access_key_id=...&secret_access_key=...`` for an S3-compatible
+server). Unknown schemes fail with the list of known ones.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 from ..exceptions import (
     ConfigurationError,
@@ -49,12 +50,32 @@ def _write_file(uri: str, data: bytes) -> None:
 
 
 def _s3(uri: str) -> tuple[Any, str, str]:
+    """A boto3 client, bucket and key for ``s3://bucket/key[?endpoint=..&access_key_id=..
+    &secret_access_key=..&region=..]``; without a query, boto3's own configuration."""
     try:
         import boto3
+        from botocore.config import Config
     except ImportError as exc:
-        raise ConfigurationError("s3:// weights need boto3: pip install boto3") from exc
+        raise ConfigurationError(
+            "s3:// weights need boto3: pip install 'hetfaas[serving]'"
+        ) from exc
     parsed = urlparse(uri)
-    return boto3.client("s3"), parsed.netloc, parsed.path.lstrip("/")
+    query = dict(parse_qsl(parsed.query))
+    unknown = set(query) - {"endpoint", "access_key_id", "secret_access_key", "region"}
+    if unknown:
+        raise ConfigurationError(f"unknown s3:// options {sorted(unknown)} in {uri!r}")
+    kwargs: dict[str, Any] = {}
+    if "endpoint" in query:  # an S3-compatible server: path-style addressing
+        kwargs["endpoint_url"] = query["endpoint"]
+        kwargs["config"] = Config(s3={"addressing_style": "path"})
+        kwargs["region_name"] = query.get("region", "us-east-1")
+    if "access_key_id" in query:
+        kwargs["aws_access_key_id"] = query["access_key_id"]
+        kwargs["aws_secret_access_key"] = query.get("secret_access_key")
+    key = parsed.path.lstrip("/")
+    if not parsed.netloc or not key:
+        raise ConfigurationError(f"an s3:// weight URI names a bucket and a key: {uri!r}")
+    return boto3.client("s3", **kwargs), parsed.netloc, key
 
 
 def _read_s3(uri: str) -> bytes:
