@@ -409,7 +409,22 @@ def plot(res: dict[str, Any], out_dir: Path) -> list[Path]:
         if log:
             ax.set_yscale("log")
         ax.axvline(PAPER_WS, color="grey", lw=0.5, ls="--")
-        ax.legend()
+        base = next(
+            (r[key] for r in rows if r["policy"] == "lb" and r["working_set"] == PAPER_WS), None
+        )
+        if base and key in PAPER["lalb"]:  # the paper's reductions applied to our LB
+            for p, marker in (("lalb", "x"), ("lalb+o3", "+")):
+                y = base * (1 + PAPER[p][key] / 100)
+                ax.plot(
+                    [PAPER_WS],
+                    [y],
+                    marker=marker,
+                    ms=11,
+                    color="black",
+                    ls="none",
+                    label=f"paper {p} (vs our lb)",
+                )
+        ax.legend(fontsize=8)
         ax.set_title(f"{label} — {res['sweep']['config']['cluster']}")
         fig.tight_layout()
         path = out_dir / f"inference_{key}.png"
@@ -474,7 +489,9 @@ def run(args: argparse.Namespace) -> int:
         if p not in POLICIES:
             raise ConfigurationError(f"unknown policy {p!r}; known policies: {', '.join(POLICIES)}")
     n_requests = 2000 if args.quick else args.requests
-    res: dict[str, Any] = {"machine": machine.describe()}
+    desc = machine.describe()
+    desc.pop("python_executable", None)  # a path on this machine, not a property of it
+    res: dict[str, Any] = {"machine": desc}
     families: Sequence[Family] = FAMILIES
     if args.profile:
         families = run_profile(0.02 if args.quick else 0.1)
