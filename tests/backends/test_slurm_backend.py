@@ -82,6 +82,7 @@ def test_scancel_reaches_the_caller(slurm):
     with pytest.raises(hetfaas.JobCancelled) as info:
         fut.result(timeout=120)
     assert info.value.job_id == job_id
+    assert fut.timings.total_us > 0 and fut.timings.queue_us == fut.timings.total_us
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ from ..exceptions import (
     WorkerDied,
 )
 from .base import Backend, CallSpec, Capacity
-from .remote import Payload, Reply, complete, run_payload
+from .remote import Payload, Reply, complete, fail, run_payload
 
 _POLL_MIN_S = 0.001  # the watcher's ray.wait timeout right after something happened
 _POLL_MAX_S = 0.02  # ... growing to this while nothing happens
@@ -381,12 +381,8 @@ class RayBackend(Backend):
     def _fail(self, call: _Call, exc: BaseException) -> None:
         fut = call.future
         fut._waiter_hook = None
-        done = time.time_ns()
-        t0 = call.payload.submitted_ns
-        total = done - t0
-        fut._stamps = (total, 0, 0, 0, 0, total, t0, 0, 0, done, -1, 0, (), (), self.name)
         try:
-            fut.set_exception(exc)
+            fail(fut, call.payload, exc, self.name)
         finally:
             self._settled(call)
 

@@ -195,3 +195,13 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
         fut.set_result(value)
     else:
         fut.set_exception(exc)
+
+
+def fail(fut: Future, payload: Payload, exc: BaseException, backend: str) -> None:
+    """Settle ``fut`` with ``exc`` for a call that produced no reply: the time from its submit
+    until now counts as the engine's (queue), so even a failed call has its timings."""
+    done = time.time_ns()
+    t0 = payload.submitted_ns
+    total = max(0, done - t0)
+    fut._stamps = (total, 0, 0, 0, 0, total, t0, 0, 0, done, -1, 0, (), (), backend)
+    fut.set_exception(exc)

@@ -34,7 +34,7 @@ from ..exceptions import (
     ResourceError,
 )
 from .base import Backend, CallSpec, Capacity
-from .remote import Payload, Reply, complete, run_payload
+from .remote import Payload, Reply, complete, fail, run_payload
 
 _ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
           "PREEMPTED", "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "FINISHED", "DONE"}  # fmt: skip
@@ -81,10 +81,10 @@ class _Pending:
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
 
-    def fail(self, exc: BaseException) -> None:
-        for f in self.futures:
+    def fail(self, exc: BaseException, backend: str) -> None:
+        for f, payload in zip(self.futures, self.payloads, strict=True):
             if not f.done():
-                f.set_exception(exc)
+                fail(f, payload, exc, backend)
 
 
 class Requeueable:
@@ -301,7 +301,7 @@ class SubmititBackend(Backend):
             for fut, payload, reply in zip(p.futures, p.payloads, replies, strict=True):
                 state = _interrupted(reply)
                 if state:  # Submitit's signal handler stopped the function: the engine's doing
-                    fut.set_exception(_job_error(p, state, "was interrupted by the engine"))
+                    fail(fut, payload, _job_error(p, state, "was interrupted"), self.name)
                 else:
                     complete(fut, payload, reply, self.name)
         else:
@@ -311,7 +311,7 @@ class SubmititBackend(Backend):
                 state = "FAILED"
             if "timed-out" in str(value):  # Submitit's own note on a job it did not requeue
                 state = "TIMEOUT"
-            p.fail(_job_error(p, state, f"failed in the engine:\n{value}"))
+            p.fail(_job_error(p, state, f"failed in the engine:\n{value}"), self.name)
 
     def _release_requeued(self, pending: list[_Pending]) -> None:
         """Hook: let requeued jobs of checkpointable calls run again (engine specific)."""
@@ -329,7 +329,7 @@ class SubmititBackend(Backend):
             return
         if now - p.ended_at < _GRACE_S or p.job.paths.result_pickle.exists():
             return
-        p.fail(_job_error(p, state, "ended without a result"))
+        p.fail(_job_error(p, state, "ended without a result"), self.name)
 
 
 def _interrupted(reply: Reply) -> str:
