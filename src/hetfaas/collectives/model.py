@@ -116,15 +116,16 @@ class ChannelProfile:
         return self.overhead_s + nbytes / self.bandwidth_Bps
 
 
-#: Measured on a 2-vCPU VM (AMD EPYC, Debian 12) with ``hetfaas bench collectives --calibrate``
-#: (loopback: redis-server 7, SeaweedFS ``weed mini``, OpenMPI 4.1 restricted to TCP). A real
-#: network adds its own latency: calibrate where the functions run.
+#: Measured on a 2-vCPU VM (AMD EPYC, Debian 12; loopback: redis-server 7, SeaweedFS
+#: ``weed mini``, OpenMPI 4.1 with ``--mca btl tcp,self``) by ``hetfaas bench collectives
+#: --calibrate --peers 2,4`` (docs/benchmarks.md). A real network adds its own latency and
+#: caps bandwidth: calibrate where the functions run.
 DEFAULT_PROFILES: dict[str, ChannelProfile] = {
-    "tcp": ChannelProfile(60e-6, 1.5e9, None, "measured, 2-vCPU VM"),
-    "mpi": ChannelProfile(15e-6, 0.9e9, None, "measured, 2-vCPU VM"),
-    "redis": ChannelProfile(400e-6, 0.45e9, 0.9e9, "measured, 2-vCPU VM"),
-    "s3": ChannelProfile(10e-3, 0.09e9, 0.18e9, "measured, 2-vCPU VM"),
-    "file": ChannelProfile(250e-6, 1.5e9, 2.0e9, "measured, 2-vCPU VM"),
+    "tcp": ChannelProfile(74e-6, 1.0e9, None, "measured, 2-vCPU VM"),
+    "mpi": ChannelProfile(26e-6, 0.30e9, None, "measured, 2-vCPU VM"),
+    "redis": ChannelProfile(202e-6, 0.12e9, 0.41e9, "measured, 2-vCPU VM"),
+    "s3": ChannelProfile(9.2e-3, 0.048e9, 0.083e9, "measured, 2-vCPU VM"),
+    "file": ChannelProfile(500e-6, 0.99e9, 2.6e9, "measured, 2-vCPU VM"),
 }
 
 
@@ -394,25 +395,31 @@ def fit_profile(
     multiple: Iterable[tuple[float, float]] = (),
     source: str = "calibrated",
 ) -> ChannelProfile:
-    """Least-squares ``seconds = o + bytes / B`` over (bytes, seconds) samples.
+    """``seconds = o + bytes / B`` fitted on (bytes, seconds) samples, robustly.
 
-    ``multiple``: (bytes moved in total, seconds) with several readers at once, for
-    ``B_m``. A negative intercept (noise at small sizes) is clipped to the smallest sample.
+    A least-squares line over sizes from 8 B to 64 MB is steered by the large sizes and
+    leaves the intercept to noise, so the fit anchors on the smallest size: ``1/B`` is the
+    least-squares slope from it to the large sizes (1 MiB and up when measured), and ``o``
+    what remains of the smallest size's time. ``multiple``: (bytes moved in total, seconds)
+    with several readers at once, for ``B_m``.
     """
-    pts = [(float(b), float(s)) for b, s in samples]
+    pts = sorted((float(b), float(s)) for b, s in samples)
     if len({b for b, _ in pts}) < 2:
         raise ConfigurationError("fit_profile needs samples at two message sizes or more")
-    n = len(pts)
-    mx = sum(b for b, _ in pts) / n
-    my = sum(s for _, s in pts) / n
-    sxx = sum((b - mx) ** 2 for b, _ in pts)
-    slope = sum((b - mx) * (s - my) for b, s in pts) / sxx
-    smallest = min(pts)[1]
+    n0 = pts[0][0]
+    t0 = min(s for b, s in pts if b == n0)
+    far = (
+        [(b, s) for b, s in pts if b >= max(16 * n0, 1 << 20)]
+        or [(b, s) for b, s in pts if b >= 16 * max(n0, 1.0)]
+        or [(b, s) for b, s in pts if b > n0]
+    )
+    # least squares through the anchor: the large sizes, where bandwidth shows, weigh most
+    slope = sum((b - n0) * (s - t0) for b, s in far) / sum((b - n0) ** 2 for b, _ in far)
     if slope <= 0:  # flat: bandwidth beyond what the sizes can show
         slope = 1e-12
-    overhead = my - slope * mx
+    overhead = t0 - n0 * slope
     if overhead <= 0:
-        overhead = smallest
+        overhead = t0
     multi = [(float(b), float(s)) for b, s in multiple]
     bwm = None
     if multi:
