@@ -50,7 +50,10 @@ def test_requests_run_real_models_and_are_recorded(infer, policy):
         assert all(r.load_s == 0 for r in recs if r.hit)
         assert 0 < sum(not r.hit for r in recs) < 80
         for d, (m, local) in enumerate(rt.slots):  # the real modules mirror the caches
-            assert set(m.models[local]) == {rt.names[x] for x in rt.scheduler.state.caches[d]}
+            cache = rt.scheduler.state.caches[d]
+            assert set(m.models[local]) == {rt.names[x] for x in cache}
+            assert m.free_bytes(local) == cache.free
+        assert [s["busy"] for s in mgr.status()] == [False, False]
         s = rt.summary()
         assert s["requests"] == 80 and 0 < s["miss_ratio"] < 1
 

@@ -59,6 +59,7 @@ class GPUManager:
         self.devices = [d for d, _ in devices]
         self.memory = [m for _, m in devices]
         self.models: list[dict[str, Any]] = [{} for _ in devices]
+        self.model_bytes: list[dict[str, int]] = [{} for _ in devices]
         self.busy = [False] * len(devices)
         self._fail_next = [False] * len(devices)
 
@@ -82,17 +83,33 @@ class GPUManager:
         """Make the next request on device ``local`` fail mid-request (fault injection)."""
         self._fail_next[local] = True
 
-    def free_bytes(self, local: int, sizes: dict[str, int]) -> int:
-        return self.memory[local] - sum(sizes[m] for m in self.models[local])
+    def free_bytes(self, local: int) -> int:
+        """Model memory of device ``local`` not taken by resident models."""
+        return self.memory[local] - sum(self.model_bytes[local].values())
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per device: its name, whether it runs a request, free bytes and resident models."""
+        return [
+            {
+                "device": self.devices[i],
+                "node": self.node,
+                "busy": self.busy[i],
+                "free_bytes": self.free_bytes(i),
+                "models": sorted(self.models[i]),
+            }
+            for i in range(len(self.devices))
+        ]
 
     def evict(self, local: int, name: str) -> None:
         self.models[local].pop(name, None)
+        self.model_bytes[local].pop(name, None)
 
     def load(self, local: int, spec: ModelSpec) -> float:
         t0 = time.perf_counter()
         module = load_model(spec, self.devices[local])
         self._sync(local)
         self.models[local][spec.name] = module
+        self.model_bytes[local][spec.name] = spec.size_bytes
         return time.perf_counter() - t0
 
     def run(self, local: int, spec: ModelSpec, batch: Any) -> tuple[Any, float]:
@@ -111,6 +128,7 @@ class GPUManager:
 
     def drop_all(self, local: int) -> None:
         self.models[local].clear()
+        self.model_bytes[local].clear()
 
     def _sync(self, local: int) -> None:
         if str(self.devices[local]).startswith("cuda"):

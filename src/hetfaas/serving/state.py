@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from ..exceptions import ConfigurationError, ServingError
 from .cache import ModelCache
 
-_EPS = 1e-6
-
 
 class SchedulerState:
     """Everything a policy may look at, and the only mutations the modes may make."""
@@ -55,7 +53,6 @@ class SchedulerState:
         self.queues: list[list[int]] = [[] for _ in range(n)]
         self.running = [-1] * n
         self.load = [0] * n  # queued + running
-        self.backlog = [0.0] * n  # estimated seconds of work queued + running
         self.failed = [False] * n
         self.stamp = [0] * n
         # model -> references on the device: 1 if resident, plus 1 per queued/running request
@@ -63,7 +60,6 @@ class SchedulerState:
         # model -> {device: requests for it queued (not running) there}
         self.queued: list[dict[int, int]] = [{} for _ in sizes]
         self.req_model: dict[int, int] = {}
-        self.req_est: dict[int, float] = {}
         self.overtaken: dict[int, int] = {}
         self.max_overtaken = 0
         self._dispatches = 0
@@ -136,15 +132,12 @@ class SchedulerState:
         """Queue ``request`` (for ``model``) on ``device``."""
         held = self.held[device]
         refs = held.get(model, 0)
-        est = self.infer_times[model] + (0.0 if refs else self.load_times[model])
         held[model] = refs + 1
         qd = self.queued[model]
         qd[device] = qd.get(device, 0) + 1
         self.queues[device].append(request)
         self.req_model[request] = model
-        self.req_est[request] = est
         self.load[device] += 1
-        self.backlog[device] += est
         self._dispatches += 1
         self.stamp[device] = self._dispatches
         if self._track_holders and len(self._mheaps[model]) > 4 * self.n_devices + 1024:
@@ -219,9 +212,6 @@ class SchedulerState:
         else:
             del held[model]
         self.load[source] -= 1
-        self.backlog[source] -= self.req_est.pop(request)
-        if self.backlog[source] < _EPS:
-            self.backlog[source] = 0.0
         self._changed(source)
         self.enqueue(device, request, model)
 
@@ -240,9 +230,6 @@ class SchedulerState:
         else:
             del held[model]
         self.load[device] -= 1
-        self.backlog[device] -= self.req_est.pop(request)
-        if self.backlog[device] < _EPS:
-            self.backlog[device] = 0.0
         self.overtaken.pop(request, None)
         self._changed(device)
         return request
@@ -272,7 +259,6 @@ class SchedulerState:
             self._unqueue(self.req_model[r], device)
         for r, _ in out:
             del self.req_model[r]
-            del self.req_est[r]
             self.overtaken.pop(r, None)
         self.failed[device] = True
         self.running[device] = -1
@@ -280,7 +266,6 @@ class SchedulerState:
         self.caches[device].clear()
         self.held[device] = {}
         self.load[device] = 0
-        self.backlog[device] = 0.0
         live = [c for c, f in zip(self.capacity, self.failed, strict=True) if not f]
         self._live_min_capacity = min(live) if live else 1 << 62
         self._live_max_capacity = max(live) if live else 0
@@ -306,8 +291,6 @@ class SchedulerState:
             expect = [self.req_model[running]] if running >= 0 else []
             if pinned != expect:
                 problems.append(f"device {d}: pinned {pinned}, running {expect}")
-            if self.backlog[d] < -_EPS:
-                problems.append(f"device {d}: negative backlog")
             for m, n_queued in Counter(map(self.req_model.__getitem__, queue)).items():
                 if self.queued[m].get(d, 0) != n_queued:
                     problems.append(f"device {d}: queued count of model {m} is wrong")
