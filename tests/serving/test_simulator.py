@@ -91,3 +91,14 @@ def test_bad_configuration():
         simulate(make_trace(10, 5, 1.0), cat, Cluster())
     with pytest.raises(UnknownModel, match="unknown model 'x'"):
         default_catalog(3).index("x")
+
+
+def test_profile_measures_the_families_here():
+    pytest.importorskip("torch")
+    from hetfaas.serving.catalog import FAMILIES, profile
+
+    fams = profile(FAMILIES[-1:], scale=0.05, device="cpu")
+    assert fams[0].name == "mobilenet" and fams[0].load_s > 0 and fams[0].infer_s > 0
+    assert default_catalog(2, fams).models[0].load_s == fams[0].load_s
+    with pytest.raises(ConfigurationError, match="scale"):
+        profile(FAMILIES[:1], scale=2.0)

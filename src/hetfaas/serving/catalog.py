@@ -51,6 +51,17 @@ FAMILIES: tuple[Family, ...] = (
 
 
 @dataclass(frozen=True)
+class MeasuredFamily(Family):
+    """A family whose load time was measured (by ``profile``) rather than modelled."""
+
+    measured_load: float = 0.0
+
+    @property
+    def load_s(self) -> float:
+        return self.measured_load
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     name: str
     size_bytes: int
@@ -108,14 +119,15 @@ def default_catalog(n: int, families: Sequence[Family] = FAMILIES) -> Catalog:
 
 def profile(
     families: Sequence[Family] = FAMILIES, scale: float = 0.1, batch: int = 8, device: str = ""
-) -> list[Family]:
+) -> list[MeasuredFamily]:
     """Measure each family's load and inference time here, on ``device`` (GPU if any).
 
     A family is stood in for by an MLP of ``scale`` times its size (square layers of 1024
     wide); its state dict is saved to a file and timed as ``torch.load`` plus the copy to the
     device, and a batch through it is timed after a warm-up. Times are scaled back by
-    ``1/scale`` (loading and fp32 inference are proportional to the bytes). Returns families
-    whose ``infer_s`` is measured; their ``load_s`` is measured too (see ``measured_load``).
+    ``1/scale`` (loading and fp32 inference grow with the bytes; fixed costs get scaled too, so
+    small families come out pessimistic). Loading includes building the module, as a
+    factory does. Returns the families with both times measured.
     """
     import torch
 
@@ -156,12 +168,3 @@ def profile(
             MeasuredFamily(fam.name, fam.size_bytes, infer_s / true_scale, load_s / true_scale)
         )
     return out
-
-
-@dataclass(frozen=True)
-class MeasuredFamily(Family):
-    measured_load: float = 0.0
-
-    @property
-    def load_s(self) -> float:
-        return self.measured_load
