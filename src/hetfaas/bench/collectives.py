@@ -84,12 +84,14 @@ def _median_s(fn: Any, warm: int, n: int) -> float:
 # --- our channels: peer processes ---------------------------------------------------------------
 
 
-def _peer(rank: int, size: int, uri: str, group: str, plan: list[Any], conn: Any) -> None:
+def _peer(
+    rank: int, size: int, uri: str, group: str, plan: list[Any], conn: Any, timeout_s: float
+) -> None:
     from ..collectives import Communicator
 
     out: dict[str, float] = {}
     try:
-        with Communicator(rank, size, group, uri, timeout_s=300) as comm:
+        with Communicator(rank, size, group, uri, timeout_s=timeout_s) as comm:
             for op, nbytes, warm, n in plan:
                 comm.barrier()
                 if op == "pingpong":
@@ -113,13 +115,17 @@ def _peer(rank: int, size: int, uri: str, group: str, plan: list[Any], conn: Any
         conn.send(("error", f"rank {rank}: {type(exc).__name__}: {exc}"))
 
 
-def run_peers(uri: str, size: int, plan: list[Any], timeout_s: float = 600) -> dict[str, float]:
-    """Run ``plan`` on ``size`` forked peer processes over ``uri``; rank 0's medians."""
+def run_peers(uri: str, size: int, plan: list[Any], op_timeout_s: float = 120) -> dict[str, float]:
+    """Run ``plan`` on ``size`` forked peer processes over ``uri``; rank 0's medians. Each
+    operation has ``op_timeout_s``; the whole plan at most as long as all of them in a row."""
+    timeout_s = op_timeout_s * (2 + sum(warm + n for _, _, warm, n in plan))
     ctx = mp.get_context("fork")
     group = f"bench-{uuid.uuid4().hex[:10]}"
     pipes = [ctx.Pipe(duplex=False) for _ in range(size)]
     procs = [
-        ctx.Process(target=_peer, args=(r, size, uri, group, plan, pipes[r][1]), daemon=True)
+        ctx.Process(
+            target=_peer, args=(r, size, uri, group, plan, pipes[r][1], op_timeout_s), daemon=True
+        )
         for r in range(size)
     ]
     for p in procs:
@@ -298,8 +304,10 @@ def run_collectives(
     peers: list[int],
     quick: bool = False,
     log: Any = print,
+    op_timeout_s: float = 120.0,
 ) -> dict[str, Any]:
-    """Measure everything; a plain dict (JSON-ready) with the medians in seconds."""
+    """Measure everything; a plain dict (JSON-ready) with the medians in seconds. A case that
+    fails (a peer timing out after ``op_timeout_s``) is recorded under ``failed``."""
     from . import servers as srv
 
     res: dict[str, Any] = {
@@ -310,6 +318,7 @@ def run_collectives(
         "allreduce": {},
         "raw": {},
         "skipped": {},
+        "failed": {},
     }
     with srv.start(channels) as up:
         res["skipped"].update(up.skipped)
@@ -330,12 +339,21 @@ def run_collectives(
                 continue
             log(f"{name}: ping-pong ...")
             plan = [("pingpong", n, *iterations(n, quick)) for n in sizes]
-            got = run_peers(uri, 2, plan)
-            res["pingpong"][name] = {n: got[f"pingpong/{n}"] for n in sizes}
+            try:
+                got = run_peers(uri, 2, plan, op_timeout_s)
+                res["pingpong"][name] = {n: got[f"pingpong/{n}"] for n in sizes}
+            except RuntimeError as exc:
+                res["failed"][f"{name} ping-pong"] = str(exc)
+                log(f"  failed: {exc}")
             for p in peers:
                 log(f"{name}: allreduce, P={p} ...")
                 plan = [("allreduce", n, *iterations(n, quick)) for n in sizes]
-                got = run_peers(uri, p, plan)
+                try:
+                    got = run_peers(uri, p, plan, op_timeout_s)
+                except RuntimeError as exc:
+                    res["failed"][f"{name} allreduce P={p}"] = str(exc)
+                    log(f"  failed: {exc}")
+                    continue
                 res["allreduce"].setdefault(name, {})[p] = {n: got[f"allreduce/{n}"] for n in sizes}
         if shutil.which("mpirun"):
             for p in peers:
@@ -451,6 +469,8 @@ def format_table(res: dict[str, Any]) -> str:
     lines += [f"  target {k}: {'met' if v else 'MISSED'}" for k, v in res["targets"].items()]
     for k, v in res["skipped"].items():
         lines.append(f"  skipped {k}: {v}")
+    for k, v in res.get("failed", {}).items():
+        lines.append(f"  FAILED {k}: {v}")
     return "\n".join(lines)
 
 
@@ -480,6 +500,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-file",
         default=None,
         help="where --calibrate writes (default: the model's default path)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="deadline of each operation (default 120 s)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -517,7 +540,9 @@ def run(args: argparse.Namespace) -> int:
     if any(p < 2 for p in peers):
         raise ConfigurationError("peers must be >= 2")
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    res = run_collectives(channels, sizes, peers, args.quick, log)
+    if not args.timeout > 0:
+        raise ConfigurationError("--timeout must be > 0 seconds")
+    res = run_collectives(channels, sizes, peers, args.quick, log, args.timeout)
     if args.calibrate:
         from ..collectives import model
 
