@@ -189,3 +189,26 @@ def test_real_mode_on_the_gpus(infer):
             assert torch.allclose(fut.result(timeout=60), refs[i % len(WIDTHS)], atol=1e-5)
         assert rt.summary()["requests"] == 30
         rt.scheduler.state.check_invariants()
+
+
+def test_a_device_error_while_loading_fails_the_device_not_the_request(infer):
+    """A CUDA error is forced from the factory: the request runs on another device."""
+    broken_once = []
+
+    def factory():
+        if not broken_once:
+            broken_once.append(1)
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return torch.nn.Linear(8, 4)
+
+    infer.register("flaky", factory, size_bytes=200)
+    batch = torch.randn(2, 8)
+    mgr = GPUManager.cpu(2, budget(infer, 2))
+    with Runtime(infer, [mgr], "lalb") as rt:
+        out = rt.infer("flaky", batch)
+        assert out.shape == (2, 4)
+        rec = rt.records[0]
+        assert rec.retries == 1 and not rec.error
+        assert sum(rt.scheduler.state.failed) == 1
+        assert not rt.scheduler.state.failed[rec.device]
+        rt.scheduler.state.check_invariants()

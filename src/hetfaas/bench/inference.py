@@ -165,13 +165,18 @@ def run_real(
     seed: int = 1,
     log: Callable[[str], None] = lambda _m: None,
 ) -> list[dict[str, Any]]:
-    """Replay traces in real time on 4 CPU devices, then simulate them with the measured times."""
+    """Replay traces in real time on 4 devices, then simulate them with the measured times.
+
+    The devices are CPU devices, or, when there is a GPU, four shares of the first one (each
+    with its memory budget), so the cluster's shape is the same either way.
+    """
     import torch
 
     from ..serving.functions import InferenceFunction, save_weights
     from ..serving.runtime import GPUManager, Runtime
 
     torch.set_num_threads(1)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
     rows = []
     with tempfile.TemporaryDirectory(prefix="hetfaas-infer-") as store:
         infer = InferenceFunction()
@@ -187,7 +192,10 @@ def run_real(
         for ws in working_sets:
             trace = make_trace(n_requests, ws, rate, seed=seed)
             for policy in policies:
-                managers = [GPUManager.cpu(2, memory, node=0), GPUManager.cpu(2, memory, node=1)]
+                managers = [
+                    GPUManager([(device, memory)] * 2, node=0),
+                    GPUManager([(device, memory)] * 2, node=1),
+                ]
                 with Runtime(infer, managers, policy) as rt:
                     t0 = time.perf_counter()
                     futs = []
@@ -236,7 +244,7 @@ def run_real(
                     "sim_avg_latency_s": s["avg_latency_s"],
                     "same_decision": agree,
                     "within_tolerance": abs(real["miss_ratio"] - s["miss_ratio"]) <= REAL_TOLERANCE,
-                    "device": "cpu",
+                    "device": device,
                 }
                 rows.append(row)
                 log(
@@ -334,8 +342,8 @@ def format_report(res: dict[str, Any]) -> str:
     if res.get("real"):
         out.append("")
         out.append(
-            f"### Real mode on CPU devices vs the simulator (tolerance: miss ratios within "
-            f"{REAL_TOLERANCE})"
+            f"### Real mode on {res['real'][0]['device']} devices vs the simulator (tolerance: "
+            f"miss ratios within {REAL_TOLERANCE})"
         )
         out.append("")
         out.append(

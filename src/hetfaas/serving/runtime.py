@@ -46,6 +46,14 @@ class RequestRecord:
     error: str = ""
 
 
+def _device_error(exc: BaseException | None) -> bool:
+    """Whether a torch error means the device itself failed (not the model or the input)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        mark in text for mark in ("CUDA error", "device-side assert", "ECC error", "NVML")
+    )
+
+
 class GPUManager:
     """The devices of one node: loads, evicts and runs models; reports memory and busy state."""
 
@@ -106,8 +114,14 @@ class GPUManager:
 
     def load(self, local: int, spec: ModelSpec) -> float:
         t0 = time.perf_counter()
-        module = load_model(spec, self.devices[local])
-        self._sync(local)
+        try:
+            module = load_model(spec, self.devices[local])
+            self._sync(local)
+        except (ModelLoadError, RuntimeError) as exc:
+            cause = exc.__cause__ if isinstance(exc, ModelLoadError) else exc
+            if _device_error(cause):  # the device broke, not the model
+                raise DeviceFailed(f"device {self.devices[local]} failed: {exc}") from exc
+            raise
         self.models[local][spec.name] = module
         self.model_bytes[local][spec.name] = spec.size_bytes
         return time.perf_counter() - t0
@@ -121,7 +135,7 @@ class GPUManager:
             out = spec.handler(self.models[local][spec.name], batch)
             self._sync(local)
         except RuntimeError as exc:
-            if "CUDA error" in str(exc) or "device-side assert" in str(exc):
+            if _device_error(exc):
                 raise DeviceFailed(f"device {self.devices[local]} failed: {exc}") from exc
             raise
         return out, time.perf_counter() - t0
@@ -208,6 +222,7 @@ class Runtime:
         return self.submit(model_name, batch).result()
 
     def close(self) -> None:
+        """Run what is queued, then stop the device threads and drop the models."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
