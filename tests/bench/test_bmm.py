@@ -141,6 +141,15 @@ def test_parse_shapes():
             bmm.parse_shapes(bad)
 
 
+def test_backend_options():
+    opts = bmm.parse_options(["pack=15", "partition=debug", "spin_us=0.5", "x=true"])
+    assert opts == {"pack": 15, "partition": "debug", "spin_us": 0.5, "x": True}
+    cfg = bmm.Config.from_args(argparse.Namespace(backend="slurm", option=["pack=15"]))
+    assert cfg.backend_options == {"pack": 15} and cfg.as_dict()["backend_options"] == {"pack": 15}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        bmm.parse_options(["pack"])
+
+
 def test_default_config_is_the_study():
     cfg = bmm.Config.from_args(argparse.Namespace())
     assert (cfg.repeat, cfg.runs, cfg.gpu_repeat) == (1000, 5, 5000)

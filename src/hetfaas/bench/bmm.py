@@ -294,6 +294,7 @@ class Config:
     quick: bool
     seed: int
     backend: str
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -324,6 +325,7 @@ class Config:
             quick=quick,
             seed=int(getattr(args, "seed", 0) or 0),
             backend=str(getattr(args, "backend", "local") or "local"),
+            backend_options=parse_options(getattr(args, "option", None) or []),
         )
         for name in ("repeat", "runs", "gpu_repeat"):
             if getattr(cfg, name) < 1:
@@ -343,6 +345,7 @@ class Config:
             "quick": self.quick,
             "seed": self.seed,
             "backend": self.backend,
+            "backend_options": self.backend_options,
             "rtol": RTOL,
             "atol": f"{ATOL_PER_SQRT_N} * sqrt(N)",
             "reference": "torch.bmm in the caller process (fp32)",
@@ -596,6 +599,27 @@ def run_study(
 # command line
 
 
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as backend options; ints, floats and true/false are converted."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = value
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``hetfaas bench bmm``."""
     parser.add_argument("--repeat", type=int, default=None, help="products per call (default 1000)")
@@ -629,6 +653,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/bmm", help="output folder (default results/bmm)")
     parser.add_argument("--json", action="store_true", help="print the results JSON to stdout")
     parser.add_argument("--backend", default="local", help="executor backend (default local)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a backend option, repeatable (e.g. --option pack=15 --option partition=debug)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument(
         "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots"
@@ -654,7 +684,7 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr)
 
     show = sys.stderr.isatty() and not as_json
-    with hetfaas.Executor(cfg.backend) as ex:
+    with hetfaas.Executor(cfg.backend, **cfg.backend_options) as ex:
         slots = max(1, min(int(ex.capacity.cpus), int(ex.capacity.max_workers)))
         log(
             f"bmm study: repeat={cfg.repeat} runs={cfg.runs} on {cfg.backend}; compute alone is "

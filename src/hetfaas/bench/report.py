@@ -428,7 +428,9 @@ def render_markdown(
     plots = plot_files or {}
     parts: list[str] = ["# Batched matrix multiplication as serverless calls\n\n"]
     parts.append(
-        f"Backend `{results['backend']}`, {cap['cpus']} CPUs and {cap['gpus']} GPUs available to "
+        f"Backend `{results['backend']}`"
+        + "".join(f" {k}={v}" for k, v in (cfg.get("backend_options") or {}).items())
+        + f", {cap['cpus']} CPUs and {cap['gpus']} GPUs available to "
         f"the executor ({cap['cpu_slots']} CPU slots used), repeat **{cfg['repeat']}** products "
         f"per call, **{cfg['runs']}** runs per configuration, GPU repeat {cfg['gpu_repeat']}"
         + (" (quick mode: tiny shapes)" if cfg.get("quick") else "")
