@@ -244,4 +244,5 @@ class LocalExecutor(AutoExecutor):
     def __init__(self, folder: str | os.PathLike[str], **options: Any) -> None:
         super().__init__(folder, cluster="local", **options)
 
+
 __all__ = ["AutoExecutor", "Job", "JobPaths", "LocalExecutor", "slurm_reachable"]
