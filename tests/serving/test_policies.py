@@ -166,8 +166,12 @@ def test_o3_steal_takes_a_hit_queued_on_the_busiest_other_device():
     assert o3_steal(s, 0, P) is None  # nothing queued anywhere
     for r, (d, m) in enumerate([(1, 2), (1, 1), (2, 2), (2, 2), (2, 1), (2, 0)]):
         s.enqueue(d, r, m)
-    # device 0 holds 0 and 1; queued elsewhere: model 1 on 1 (load 2) and 2 (load 4), 0 on 2
-    assert o3_steal(s, 0, P) == (2, 2)  # busiest device 2, its first request for 0 or 1
-    s.move(2, 2, 0)
+    assert o3_steal(s, 0, P) is None  # devices 1 and 2 are idle: they start their own queues
+    s.start(1, 0)
+    s.start(2, 0)
+    # device 0 holds 0 and 1; queued behind running requests: model 1 on 1 (load 2) and on
+    # 2 (load 4), model 0 on 2
+    assert o3_steal(s, 0, P) == (2, 1)  # busiest device 2, its first request for 0 or 1
+    s.move(2, 1, 0)
     s.check_invariants()
     assert s.queues[0] == [4] and s.load[2] == 3

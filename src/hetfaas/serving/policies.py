@@ -37,10 +37,10 @@ Pick rules
 
 Steal rules
   ``o3``     the other half of out-of-order dispatch: an idle device with nothing queued takes
-             a request queued elsewhere whose model it holds in memory (from the most loaded
-             such device, the first such request there), so the request overtakes the queue
-             it waited in and still hits. Requests it jumps are not delayed, so this counts
-             no overtaking.
+             a request queued behind a running one elsewhere whose model it holds in memory
+             (from the most loaded such device, the first such request there), so the
+             request overtakes the queue it waited in and still hits. Requests it jumps are
+             not delayed, so this counts no overtaking.
 
 The paper's LALB+O3 is ``lalb`` dispatch, ``o3`` pick and ``o3`` steal; ours swaps in
 ``lalb-coldest`` placement.
@@ -179,11 +179,12 @@ def o3(state: SchedulerState, device: int, params: PolicyParams) -> int:
 @steal_rule("o3")
 def o3_steal(state: SchedulerState, device: int, params: PolicyParams) -> tuple[int, int] | None:
     best, best_load = -1, 0
-    load, queued = state.load, state.queued
+    load, queued, running = state.load, state.queued, state.running
     cache = state.caches[device]
     for m in cache:
         for e in queued[m]:
-            if e != device and load[e] > best_load:
+            # only from a busy device: an idle one starts its queue at once anyway
+            if e != device and load[e] > best_load and running[e] >= 0:
                 best, best_load = e, load[e]
     if best < 0:
         return None
