@@ -37,7 +37,7 @@ def mpirun(out: Path, np_: int, *args: str, timeout: int = 90) -> list[str]:
     return [(out / str(r)).read_text() if (out / str(r)).exists() else "" for r in range(np_)]
 
 
-@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
 def test_every_collective_over_mpi(size, tmp_path):
     assert mpirun(tmp_path, size, "contract") == [f"OK {r}" for r in range(size)]
 
