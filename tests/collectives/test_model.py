@@ -143,3 +143,12 @@ def test_run_cost_adds_functions_storage_and_servers():
     assert tcp["server"] == pytest.approx(prices.vm_hour) and tcp["storage"] == 0
     with pytest.raises(ConfigurationError, match="no model"):
         model.run_cost("pigeon", 2, 1.0, {})
+
+
+def test_request_counts_follow_the_mediated_algorithms():
+    # allreduce: P-1 uploads for rank 0, its result once; P-1 fetches each way
+    assert model.op_requests("allreduce", 4) == (4, 6)
+    # scan: rank r's value is read by the ranks after it (the last uploads nothing)
+    assert model.op_requests("scan", 4) == (3, 6)
+    assert model.op_requests("barrier", 4) == (4, 6)
+    assert model.op_requests("bcast", 1) == (0, 0)

@@ -202,8 +202,8 @@ def _mediated_time(op: str, p: int, n: float, prof: ChannelProfile) -> float:
         return prof.message_s(n)
     if p == 1:
         return 0.0
-    if op == "barrier":
-        return 2 * o
+    if op == "barrier":  # a gather and a broadcast of nothing
+        return _mediated_time("allreduce", p, 0.0, prof)
     if op == "bcast":
         return prof.message_s(n) + max(0, p - 2) * n / bwm
     if op in ("reduce", "gather", "scan"):
@@ -227,7 +227,9 @@ def op_time(op: str, peers: int, nbytes: float, profile: ChannelProfile, kind: s
 
 
 def op_requests(op: str, peers: int) -> tuple[int, int]:
-    """(puts, gets) a mediated store serves for one ``op``, summed over all ranks."""
+    """(puts, gets) a mediated store serves for one ``op``, summed over all ranks, as the
+    mediated algorithms run them (:mod:`hetfaas.collectives.mediated`). Polls that find
+    nothing yet are not counted (on S3 they are billed GETs too)."""
     _check(op, peers, 0)
     p = peers
     if op == "send":
@@ -239,10 +241,10 @@ def op_requests(op: str, peers: int) -> tuple[int, int]:
         "reduce": (p - 1, p - 1),
         "gather": (p - 1, p - 1),
         "scatter": (p - 1, p - 1),
-        "scan": (p - 1, p - 1),
+        "scan": (p - 1, p * (p - 1) // 2),
         "allreduce": (p, 2 * (p - 1)),
         "allgather": (p, p * (p - 1)),
-        "barrier": (p, p * (p - 1)),
+        "barrier": (p, 2 * (p - 1)),
     }
     return table[op]
 
