@@ -52,7 +52,14 @@ _SLEEP_MAX_S = 1e-3
 _CENSUS_AFTER_S = 2e-3  # a wait shorter than this never looks at census questions
 
 
+_MPI: Any = None
+_MPI_DTYPES: dict[np.dtype, bool] = {}  # numpy dtypes MPI's buffer calls take
+
+
 def _mpi() -> Any:
+    global _MPI
+    if _MPI is not None:
+        return _MPI
     try:
         from mpi4py import MPI
     except ImportError as exc:  # the package, or the MPI library under it
@@ -60,7 +67,22 @@ def _mpi() -> Any:
             f"the mpi:// channel needs mpi4py and an MPI library ({exc}); "
             "pip install 'hetfaas[collectives]' and apt-get install openmpi-bin libopenmpi-dev"
         ) from exc
+    _MPI = MPI
     return MPI
+
+
+def _mpi_knows(dtype: np.dtype) -> bool:
+    known = _MPI_DTYPES.get(dtype)
+    if known is None:
+        from mpi4py.util import dtlib
+
+        try:
+            dtlib.from_numpy_dtype(dtype)
+            known = True
+        except (ValueError, KeyError, TypeError):
+            known = False
+        _MPI_DTYPES[dtype] = known
+    return known
 
 
 def _as_array(obj: Any) -> tuple[np.ndarray, bool] | None:
@@ -81,11 +103,7 @@ def _as_array(obj: Any) -> tuple[np.ndarray, bool] | None:
         is_tensor = True
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
-    from mpi4py.util import dtlib
-
-    try:
-        dtlib.from_numpy_dtype(arr.dtype)
-    except (ValueError, KeyError, TypeError):
+    if not _mpi_knows(arr.dtype):
         return None
     return arr, is_tensor
 
