@@ -3,9 +3,10 @@
 One run, side by side: every channel (file, direct TCP, Redis, S3, MPI) against the floor
 under it, measured the same way in the same run:
 
-- point to point: a ping-pong between two peer processes (``send`` then ``recv``), next to a
-  raw TCP ping-pong (``TCP_NODELAY`` sockets, the same bytes), a raw Redis SET+GET and a raw
-  S3 put+get (one client, the hand-off without a second process);
+- point to point: a ping-pong between two peer processes (``send`` then ``recv`` of ``bytes``
+  below 64 KiB, of a uint8 array from 64 KiB up), next to a raw TCP ping-pong (``TCP_NODELAY``
+  sockets, the same bytes), a raw Redis SET+GET and a raw S3 put+get (one client, the hand-off
+  without a second process);
 - allreduce of float32 arrays vs message size and vs the number of peers, next to mpi4py's
   ``Allreduce`` on OpenMPI restricted to TCP (``--mca btl tcp,self``), which also runs our
   ``mpi://`` channel in the same launch.
@@ -84,6 +85,15 @@ def _median_s(fn: Any, warm: int, n: int) -> float:
 # --- our channels: peer processes ---------------------------------------------------------------
 
 
+def pingpong_payload(nbytes: int) -> Any:
+    """What a ping-pong moves: ``bytes`` below 64 KiB (the raw ping-pong's payload: the
+    channel's own cost, not an array's pickling), a uint8 array from 64 KiB up (bulk data as
+    users send it, out of band without a copy into the pickle stream)."""
+    if nbytes < 64 << 10:
+        return bytes(nbytes)
+    return np.ones(nbytes, dtype=np.uint8)
+
+
 def _peer(
     rank: int, size: int, uri: str, group: str, plan: list[Any], conn: Any, timeout_s: float
 ) -> None:
@@ -95,7 +105,7 @@ def _peer(
             for op, nbytes, warm, n in plan:
                 comm.barrier()
                 if op == "pingpong":
-                    buf = np.ones(nbytes, dtype=np.uint8)
+                    buf = pingpong_payload(nbytes)
                     if rank == 0:
 
                         def step(buf: Any = buf) -> None:
