@@ -311,6 +311,24 @@ class _Call:
         data = self.comm._channel.recv(source, f"{self.key}.{step}", self.deadline)  # type: ignore[attr-defined]
         return self.comm._decode(self.name, data, source)
 
+    def post(self, source: int, step: str, into: Any) -> None:
+        """Where ``source``'s raw message of this step will land (read in place on arrival)."""
+        self.comm._channel.post(source, f"{self.key}.{step}", into)  # type: ignore[attr-defined]
+
+    def exchange(self, dest: int, source: int, step: str, outgoing: Any, into: Any) -> None:
+        """Raw numbers out to ``dest`` and from ``source`` straight into ``into`` (a ring's
+        step: no frame, the receiver knows the chunk's dtype and size)."""
+        view = memoryview(outgoing).cast("B")
+        if view.nbytes > self.comm._channel.limits:
+            raise PayloadTooLarge(
+                f"a chunk of {view.nbytes} bytes is over the {self.comm._channel.scheme} "
+                f"channel's limit of {self.comm._channel.limits} bytes"
+            )
+        key = f"{self.key}.{step}"
+        self.comm._channel.exchange(  # type: ignore[attr-defined]
+            dest, key, [view], view.nbytes, source, key, into, self.deadline
+        )
+
     # mediated stores
     def put(self, suffix: str, obj: Any, readers: int) -> None:
         if readers > 0:

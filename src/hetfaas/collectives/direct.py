@@ -95,7 +95,7 @@ def reduce(c: _Call, obj: Any, op: ReduceOp, root: int) -> Any:
 def allreduce(c: _Call, obj: Any, op: ReduceOp) -> Any:
     if not op.reorderable:
         return bcast(c, reduce(c, obj, op, 0), 0)
-    if c.size > 1 and op.elementwise and _array_bytes(obj) >= c.comm.ring_min_bytes:
+    if c.size > 1 and op.elementwise and _ring_bytes(obj) >= c.comm.ring_min_bytes:
         return _ring_allreduce(c, obj, op)
     return _recursive_doubling(c, obj, op)
 
@@ -129,40 +129,58 @@ def _recursive_doubling(c: _Call, obj: Any, op: ReduceOp) -> Any:
     return acc
 
 
-def _array_bytes(obj: Any) -> int:
+def _ring_bytes(obj: Any) -> int:
+    """The size of an array the ring can carry as raw numbers, else -1."""
     if isinstance(obj, np.ndarray):
-        return obj.nbytes
+        return obj.nbytes if obj.dtype.kind in "biuf" else -1
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+    if (
+        torch is not None
+        and isinstance(obj, torch.Tensor)
+        and obj.device.type == "cpu"
+        and obj.layout == torch.strided
+        and not obj.is_complex()
+        and obj.dtype != torch.bfloat16
+    ):
         return obj.element_size() * obj.numel()
-    return -1  # not an array: never around the ring
+    return -1
 
 
 def _ring_allreduce(c: _Call, obj: Any, op: ReduceOp) -> Any:
     """Reduce-scatter then allgather around the ring: each rank sends 2(P-1)/P of the array
-    instead of log2(P) whole copies."""
+    instead of log2(P) whole copies. Chunks travel as raw bytes and each phase posts its
+    receive buffers up front, so chunks land in the result in place: the only new memory is
+    the result itself."""
     is_tensor = not isinstance(obj, np.ndarray)
-    src = obj.detach().contiguous().numpy() if is_tensor else obj
-    acc = np.array(src, copy=True).reshape(-1)
+    src = obj.detach().contiguous().numpy() if is_tensor else np.ascontiguousarray(obj)
+    shape, src = src.shape, src.reshape(-1)
+    acc = np.empty_like(src)
     rank, size = c.rank, c.size
-    bounds = [i * acc.size // size for i in range(size + 1)]
+    bounds = [i * src.size // size for i in range(size + 1)]
 
-    def chunk(i: int) -> np.ndarray:
-        return acc[bounds[i] : bounds[i + 1]]
+    def part(a: np.ndarray, i: int) -> np.ndarray:
+        i %= size
+        return a[bounds[i] : bounds[i + 1]]
 
     right, left = (rank + 1) % size, (rank - 1) % size
+    # Reduce-scatter: step s receives the left's partial of chunk r-s-1 into that chunk of
+    # the result (untouched until then), adds our own part, and passes it on at step s+1.
     for step in range(size - 1):
-        c.send(right, f"rs{step}", chunk((rank - step) % size))
-        got = c.recv(left, f"rs{step}")
-        part = chunk((rank - step - 1) % size)
+        c.post(left, f"rs{step}", part(acc, rank - step - 1))
+    for step in range(size - 1):
+        outgoing = part(src if step == 0 else acc, rank - step)
+        into = part(acc, rank - step - 1)
+        c.exchange(right, left, f"rs{step}", outgoing, into)
         if op.ufunc is not None:
-            op.ufunc(part, got, out=part)
+            op.ufunc(into, part(src, rank - step - 1), out=into)
         else:
-            part[...] = op(part, got)
+            into[...] = op(into, part(src, rank - step - 1))
+    # Allgather: chunk r+1 is complete here; the others come round from the left.
     for step in range(size - 1):
-        c.send(right, f"ag{step}", chunk((rank + 1 - step) % size))
-        chunk((rank - step) % size)[...] = c.recv(left, f"ag{step}")
-    out = acc.reshape(np.shape(src))
+        c.post(left, f"ag{step}", part(acc, rank - step))
+    for step in range(size - 1):
+        c.exchange(right, left, f"ag{step}", part(acc, rank + 1 - step), part(acc, rank - step))
+    out = acc.reshape(shape)
     if is_tensor:
         import torch
 

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
-from ...exceptions import ConfigurationError, PeerTimeout
+from ...exceptions import ConfigurationError, GroupMismatch, PeerTimeout
 
 KINDS = ("mediated", "direct", "native")
 
@@ -140,6 +140,30 @@ class DirectChannel(Channel):
     def recv(self, source: int, key: str, deadline: float) -> Any:
         """The next message from ``source`` under ``key`` (bytes-like), waiting until
         ``deadline`` (then :class:`PeerTimeout` naming ``source``)."""
+
+    def recv_into(self, source: int, key: str, out: Any, deadline: float) -> None:
+        """The message under ``key`` written into ``out`` (a writable buffer of its exact
+        size); a channel that can read straight into it overrides this."""
+        data = memoryview(self.recv(source, key, deadline)).cast("B")
+        view = memoryview(out).cast("B")
+        if data.nbytes != view.nbytes:
+            raise GroupMismatch(
+                f"rank {source} sent {data.nbytes} bytes for {key!r} where {view.nbytes} "
+                "were expected"
+            )
+        view[:] = data
+
+    def post(self, source: int, key: str, out: Any) -> None:
+        """Announce that ``source``'s message under ``key`` goes into ``out``, so a channel
+        that can may read it in place as it arrives; ``recv_into`` collects it."""
+
+    def exchange(
+        self, dest: int, send_key: str, segments: list[Any], total: int,
+        source: int, recv_key: str, out: Any, deadline: float,
+    ) -> None:  # fmt: skip
+        """Send one message and receive one into ``out`` (a ring's step)."""
+        self.send(dest, send_key, segments, total, deadline)
+        self.recv_into(source, recv_key, out, deadline)
 
 
 class NativeChannel(Channel):

@@ -39,22 +39,28 @@ _HELLO = struct.Struct("<I")
 
 
 class _Link:
-    """One peer's socket, what has been read from it, and the messages not yet asked for."""
+    """One peer's socket, what has been read from it, and the messages not yet asked for.
 
-    __slots__ = ("body", "body_got", "body_key", "ended", "inbox", "peer", "rx", "rx_len", "sock")
+    A receiver may post a buffer for a key (``posted``): that message is then read straight
+    into it (``filled`` once complete) instead of into a new buffer."""
+
+    __slots__ = ("body", "body_got", "body_key", "ended", "filled", "inbox", "peer", "posted",
+                 "rx", "rx_len", "sock")  # fmt: skip
 
     def __init__(self, peer: int, sock: socket.socket) -> None:
         self.peer = peer
         self.sock = sock
         self.rx = bytearray(_RX)
         self.rx_len = 0
-        self.body: bytearray | None = None
+        self.body: memoryview | None = None
         self.body_got = 0
         self.body_key = ""
-        self.inbox: deque[tuple[str, bytearray]] = deque()
+        self.inbox: deque[tuple[str, Any]] = deque()
+        self.posted: dict[str, memoryview] = {}
+        self.filled: set[str] = set()
         self.ended: ChannelClosed | None = None  # the peer closed; what it sent stays readable
 
-    def take(self, key: str) -> bytearray | None:
+    def take(self, key: str) -> Any | None:
         for i, (k, data) in enumerate(self.inbox):
             if k == key:
                 del self.inbox[i]
@@ -62,15 +68,15 @@ class _Link:
         return None
 
     def on_readable(self) -> None:
-        """Read what the socket has; complete messages go to the inbox."""
+        """Read what the socket has; complete messages go to the inbox (or are filled)."""
         try:
             if self.body is not None:
-                n = self.sock.recv_into(memoryview(self.body)[self.body_got :])
+                n = self.sock.recv_into(self.body[self.body_got :])
                 if n == 0:
                     raise self.closed()
                 self.body_got += n
-                if self.body_got == len(self.body):
-                    self.inbox.append((self.body_key, self.body))
+                if self.body_got == self.body.nbytes:
+                    self._complete(self.body_key, self.body)
                     self.body = None
                 return
             n = self.sock.recv_into(memoryview(self.rx)[self.rx_len :])
@@ -83,6 +89,28 @@ class _Link:
         self.rx_len += n
         self._parse()
 
+    def _complete(self, key: str, body: Any) -> None:
+        if key not in self.posted:
+            self.inbox.append((key, body))
+            return
+        if body is not None and body is not self.posted[key]:
+            # it started arriving before its buffer was posted
+            self._target(key, body.nbytes)[:] = body
+        self.posted.pop(key)
+        self.filled.add(key)
+
+    def _target(self, key: str, blen: int) -> memoryview:
+        """Where a message's body goes: the posted buffer, or a new one of its size."""
+        out = self.posted.get(key)
+        if out is None:
+            return memoryview(bytearray(blen))
+        if out.nbytes != blen:
+            self.posted.pop(key)
+            raise GroupMismatch(
+                f"rank {self.peer} sent {blen} bytes for {key!r} where {out.nbytes} were expected"
+            )
+        return out
+
     def _parse(self) -> None:
         rx, pos = self.rx, 0
         while self.rx_len - pos >= _HEAD.size:
@@ -93,12 +121,16 @@ class _Link:
             key = bytes(rx[pos + _HEAD.size : start]).decode()
             have = self.rx_len - start
             if have >= blen:
-                self.inbox.append((key, bytearray(rx[start : start + blen])))
+                if key in self.posted:
+                    self._target(key, blen)[:] = rx[start : start + blen]
+                    self._complete(key, None)
+                else:
+                    self.inbox.append((key, bytearray(rx[start : start + blen])))
                 pos = start + blen
                 continue
-            if start + blen <= len(rx):
+            if start + blen <= len(rx) and key not in self.posted:
                 break  # fits the buffer: wait for the rest
-            body = bytearray(blen)  # large: read the rest straight into its own buffer
+            body = self._target(key, blen)  # read the rest straight into its destination
             body[:have] = rx[start : self.rx_len]
             self.body, self.body_got, self.body_key = body, have, key
             pos = self.rx_len
@@ -316,44 +348,93 @@ class TcpChannel(DirectChannel):
 
     def recv(self, source: int, key: str, deadline: float) -> Any:
         link = self._self if source == self.rank else self._link(source)
-        spin = self.spin_s > 0
-        while True:
+        data = link.take(key)
+        if data is None:
+            self._wait(link, lambda: any(k == key for k, _ in link.inbox), key, deadline)
             data = link.take(key)
-            if data is not None:
-                return data
+        return data
+
+    def exchange(
+        self, dest: int, send_key: str, segments: list[Any], total: int,
+        source: int, recv_key: str, out: Any, deadline: float,
+    ) -> None:  # fmt: skip
+        """Send to ``dest`` while ``out`` is already posted for ``source``'s message, so that
+        what arrives during the send lands in place."""
+        self.post(source, recv_key, out)
+        self.send(dest, send_key, segments, total, deadline)
+        self.recv_into(source, recv_key, out, deadline)
+
+    def post(self, source: int, key: str, out: Any) -> None:
+        if source != self.rank:
+            link = self._link(source)
+            if all(k != key for k, _ in link.inbox):  # not here yet: land in place
+                link.posted.setdefault(key, memoryview(out).cast("B"))
+
+    def recv_into(self, source: int, key: str, out: Any, deadline: float) -> None:
+        """Read the message under ``key`` straight into ``out`` (a writable buffer of exactly
+        its size): no new buffer, no copy (the ring's chunks)."""
+        view = memoryview(out).cast("B")
+        link = self._self if source == self.rank else self._link(source)
+        data = link.take(key)
+        if data is None and link is not self._self:
+            link.posted.setdefault(key, view)
+            try:
+                self._wait(
+                    link, lambda: key in link.filled or any(k == key for k, _ in link.inbox),
+                    key, deadline,
+                )  # fmt: skip
+            finally:
+                link.posted.pop(key, None)
+            if key in link.filled:
+                link.filled.discard(key)
+                return
+            data = link.take(key)
+        if data is None:
+            self._wait(link, lambda: False, key, deadline)  # raises: a message to itself
+        if memoryview(data).nbytes != view.nbytes:
+            raise GroupMismatch(
+                f"rank {source} sent {memoryview(data).nbytes} bytes for {key!r} where "
+                f"{view.nbytes} were expected"
+            )
+        view[:] = data
+
+    def _wait(self, link: _Link, done: Any, key: str, deadline: float) -> None:
+        """Move bytes until ``done()``, or raise: the peer closed, or the deadline passed."""
+        spin = self.spin_s > 0
+        while not done():
             if link.ended is not None:
                 raise link.ended
             if link is self._self:  # nothing else can send it while this thread waits
                 raise PeerTimeout(
-                    f"group {self.group!r}: rank {source} waits for a message {key!r} from "
+                    f"group {self.group!r}: rank {self.rank} waits for a message {key!r} from "
                     "itself that it has not sent",
-                    [source],
+                    [self.rank],
                 )
-            if spin and self._spin(link, key):
+            if spin:
                 spin = False
-                continue
-            spin = False
+                if self._spin(link, done):
+                    continue
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PeerTimeout(
-                    f"group {self.group!r}: no message {key!r} from rank {source} before "
+                    f"group {self.group!r}: no message {key!r} from rank {link.peer} before "
                     "the deadline",
-                    [source],
+                    [link.peer],
                 )
             self._progress(left)
 
-    def _spin(self, link: _Link, key: str) -> bool:
+    def _spin(self, link: _Link, done: Any) -> bool:
         """Poll the awaited link for up to ``spin_s`` before sleeping in epoll: on a VM a
-        reply often comes sooner than a halted vCPU wakes up. True when a message came."""
+        reply often comes sooner than a halted vCPU wakes up. True when it is done (or the
+        link ended, or a large message started arriving)."""
         end = time.perf_counter() + self.spin_s
-        before = len(link.inbox)
         while time.perf_counter() < end:
             try:
                 link.on_readable()
             except ChannelClosed as exc:
                 link.ended = exc
                 return True
-            if len(link.inbox) != before or link.body is not None:
+            if done() or link.body is not None:
                 return True
             os.sched_yield()  # a peer on this same CPU gets it at once
         return False
