@@ -95,13 +95,15 @@ def test_large_allreduce_takes_the_ring_on_direct_links(channel_uri, size):
         small = comm.allreduce(np.arange(10, dtype=np.float64) * (comm.rank + 1))  # ring too
         big = comm.allreduce(np.ones((300, 1000)) * comm.rank, op=MAX)  # 2.4 MB
         t = comm.allreduce(torch.arange(7, dtype=torch.int64) + comm.rank)
-        return small, big, t
+        tiny = comm.allreduce(np.arange(2.0))  # fewer elements than ranks: empty chunks
+        return small, big, t, tiny
 
     def ring_always(comm):
         comm.ring_min_bytes = 0
 
     p = size
-    for small, big, t in run_ranks(channel_uri, p, body, setup=ring_always):
+    for small, big, t, tiny in run_ranks(channel_uri, p, body, setup=ring_always):
+        np.testing.assert_array_equal(tiny, np.arange(2.0) * p)
         np.testing.assert_array_equal(small, np.arange(10) * p * (p + 1) / 2)
         assert big.shape == (300, 1000) and (big == p - 1).all()
         assert torch.equal(t, torch.arange(7) * p + p * (p - 1) // 2)
