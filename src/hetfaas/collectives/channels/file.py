@@ -19,7 +19,8 @@ from .base import MediatedChannel, register_channel, split_uri
 
 
 def default_root() -> str:
-    return os.path.join(tempfile.gettempdir(), "hetfaas-collectives")
+    """Per user, so that another user's directory in a shared /tmp is never in the way."""
+    return os.path.join(tempfile.gettempdir(), f"hetfaas-collectives-{os.getuid()}")
 
 
 class FileChannel(MediatedChannel):

@@ -182,6 +182,14 @@ class TcpChannel(DirectChannel):
                 f"the rendezvous server at {host}:{port} is not reachable ({exc}); start one "
                 f"with `hetfaas rendezvous --port {port}`"
             ) from exc
+        try:
+            self._join(rv, deadline)
+        except BaseException:
+            self.close()  # no half-built mesh left open
+            raise
+
+    def _join(self, rv: socket.socket, deadline: float) -> None:
+        group, rank, size = self.group, self.rank, self.size
         with rv:
             my_host = rv.getsockname()[0]  # the address the others can reach us on
             listener = socket.create_server((my_host, 0), backlog=size)
@@ -210,9 +218,15 @@ class TcpChannel(DirectChannel):
             try:
                 line = reader.readline()
             except TimeoutError:
-                continue
+                line = None  # the deadline passed: a timed-out socket file cannot be read again
             except OSError as exc:
                 raise ChannelUnavailable(f"lost the rendezvous server: {exc}") from exc
+            if line is None:
+                raise PeerTimeout(
+                    f"group {self.group!r} over tcp: peers did not register with the "
+                    f"rendezvous server before the deadline",
+                    sorted(set(range(self.size)) - set(joined)),
+                )
             if not line:
                 raise ChannelUnavailable(
                     f"the rendezvous server at {self.rendezvous[0]}:{self.rendezvous[1]} "
