@@ -202,3 +202,16 @@ def test_bad_inputs_are_configuration_errors(file_uri):
             comm.send(1, 0, tag=-1)
     with pytest.raises(CollectiveError, match="closed"):
         comm.allreduce(1)
+
+
+def test_file_messages_are_removed_once_read_by_all(file_uri):
+    def body(comm):
+        for i in range(10):
+            comm.allreduce(i)
+            comm.bcast(i)
+        comm.gather(None)  # at root: every rank is past the loop, so has read everything
+        if comm.rank == 0:
+            return sorted(n for n in os.listdir(comm.channel.dir) if n.startswith("c"))
+        return None
+
+    assert run_ranks(file_uri, 3, body)[0] == []

@@ -1,8 +1,9 @@
 """``file:///dir``: a shared directory as the store (the default; what HPC users share).
 
 A message is written to a temporary name and renamed into place, so a reader sees it whole
-or not at all. Point-to-point messages are removed by their reader; the rest stay until every
-rank has closed, when the last one out removes the group's directory.
+or not at all. A message for one reader is removed by it; one for several readers by the last
+of them (each read adds a hard link; the read that completes the count removes them all). The
+last rank to close removes the group's directory.
 """
 
 from __future__ import annotations
@@ -112,7 +113,24 @@ class FileChannel(MediatedChannel):
         if readers == 1:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        elif readers > 1:
+            self._ack(path, readers)
         return data
+
+    def _ack(self, path: str, readers: int) -> None:
+        """Count this read as a hard link to the message; the reader that brings the count to
+        ``readers`` removes it, so a long loop does not fill the directory."""
+        try:
+            os.link(path, f"{path}.r{self.rank}")
+            done = os.stat(path).st_nlink > readers  # the message itself plus one per reader
+        except FileNotFoundError:
+            return  # the last reader already removed it
+        except OSError:
+            return  # no hard links on this filesystem: removed when the group closes
+        if done:
+            for name in [path, *(f"{path}.r{r}" for r in range(self.size))]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
 
     def close(self) -> None:
         if self._closed or not self.dir:
