@@ -3,8 +3,9 @@
 Path-style addressing, and checksums only where required (saves a millisecond per small
 request and more on large ones). Credentials come from the usual AWS environment variables or
 from the URI's query (``access_key_id``, ``secret_access_key``, ``region``). Readers poll
-with bounded exponential back-off (S3 has no blocking read); objects are removed when the last
-rank closes the group (a delete per message would add a request to every fetch).
+with bounded exponential back-off (S3 has no blocking read). A reader removes the messages it
+consumed in batches (a delete per message would add a request to every fetch); the rest go
+when the last rank closes the group.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class S3Channel(MediatedChannel):
         self.root = prefix.strip("/")
         self.prefix = ""
         self._s3: Any = None
+        self._consumed: list[str] = []
         self._closed = False
 
     @classmethod
@@ -161,7 +163,19 @@ class S3Channel(MediatedChannel):
             obj = self._call(self._s3.get_object, Bucket=self.bucket, Key=self.prefix + key)
         except KeyError:
             return None
-        return obj["Body"].read()
+        data = obj["Body"].read()
+        if readers == 1:  # consumed: removed in batches, one request per hundred messages
+            self._consumed.append(self.prefix + key)
+            if len(self._consumed) >= 100:
+                self._delete(self._consumed)
+                self._consumed = []
+        return data
+
+    def _delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+            self._call(self._s3.delete_objects, Bucket=self.bucket,
+                       Delete={"Objects": batch, "Quiet": True})  # fmt: skip
 
     def close(self) -> None:
         if self._closed or self._s3 is None:
@@ -170,12 +184,10 @@ class S3Channel(MediatedChannel):
         try:
             self._call(self._s3.put_object, Bucket=self.bucket,
                        Key=f"{self.prefix}bye/{self.rank}", Body=b"")  # fmt: skip
+            if self._consumed:
+                self._delete(self._consumed)
             if len(self._list(f"{self.prefix}bye/")) >= self.size:
-                keys = self._list(self.prefix)
-                for i in range(0, len(keys), 1000):
-                    batch = [{"Key": k} for k in keys[i : i + 1000]]
-                    self._call(self._s3.delete_objects, Bucket=self.bucket,
-                               Delete={"Objects": batch, "Quiet": True})  # fmt: skip
+                self._delete(self._list(self.prefix))
         except Exception:  # closing must not fail on a server that went away
             pass
 
