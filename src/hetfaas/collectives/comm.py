@@ -231,14 +231,9 @@ class Communicator:
         return self._channel  # type: ignore[return-value]
 
     def _run(self, name: str, obj: Any, **kw: Any) -> Any:
-        if self._native:
-            return (
-                getattr(self._channel, name)(obj, **kw)
-                if name != "barrier"
-                else (
-                    self._channel.barrier()  # type: ignore[attr-defined]
-                )
-            )
+        if self._native:  # the channel runs it: same name, same arguments
+            method = getattr(self._channel, name)
+            return method() if name == "barrier" else method(obj, **kw)
         self._seq += 1
         call = _Call(self, name, f"c{self._seq}", self._deadline())
         algorithms = direct if isinstance(self._channel, DirectChannel) else mediated
