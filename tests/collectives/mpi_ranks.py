@@ -41,6 +41,8 @@ def contract(comm: Communicator) -> None:
     mine = np.array([[1, r], [0, 1]], dtype=np.int64).reshape(-1)  # products add the r's
     shear = comm.allreduce(mine, mat)
     assert list(shear) == [1, total, 0, 1]
+    flags = comm.allreduce(np.array([r == 0, True]), MAX)  # bool: pickled, numpy's MAX
+    assert flags.dtype == bool and flags.tolist() == [True, True]
     red = comm.reduce(np.ones(3), SUM, root=p - 1)
     assert (red is None) == (r != p - 1) and (red is None or (red == p).all())
     assert comm.reduce(r, root=0) == (total if r == 0 else None)

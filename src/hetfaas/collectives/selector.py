@@ -88,6 +88,7 @@ class ChannelChoice(NativeChannel):
             {s: c.limits for s, c in self._channels.items()},
         )  # fmt: skip
         self._comms: dict[str, Any] = {}
+        self._cache: dict[tuple[str, str, int, float], str] = {}
         self.limits = max(c.limits for c in opened)
         self.timeout_s = 60.0
 
@@ -136,7 +137,13 @@ class ChannelChoice(NativeChannel):
 
     def scheme_for(self, op: str, nbytes: float) -> str:
         """The scheme the hint picks for ``op`` with ``nbytes`` per rank (same on every rank)."""
-        return self._selector.scheme_for(op, self.size, nbytes)
+        key = (self._selector.hint, op, self.size, nbytes)
+        scheme = self._cache.get(key)
+        if scheme is None:
+            if len(self._cache) > 4096:  # sizes vary; keep the memo small
+                self._cache.clear()
+            scheme = self._cache[key] = self._selector.scheme_for(op, self.size, nbytes)
+        return scheme
 
     def _pick(self, op: str, nbytes: float) -> Any:
         return self._comms[self.scheme_for(op, nbytes)]

@@ -33,7 +33,6 @@ import numpy as np
 from ...exceptions import (
     ChannelClosed,
     ChannelUnavailable,
-    CollectiveError,
     ConfigurationError,
     GroupMismatch,
     PayloadTooLarge,
@@ -73,6 +72,8 @@ def _mpi() -> Any:
 
 def _mpi_knows(dtype: np.dtype) -> bool:
     known = _MPI_DTYPES.get(dtype)
+    if known is None and dtype.kind not in "iuf":  # MPI's MAX/SUM do not take bool, complex
+        known = _MPI_DTYPES[dtype] = False
     if known is None:
         from mpi4py.util import dtlib
 
@@ -503,4 +504,4 @@ class MPIChannel(NativeChannel):
         return value
 
 
-__all__ = ["CollectiveError", "MPIChannel"]
+__all__ = ["MPIChannel"]
