@@ -118,7 +118,7 @@ class _Link:
             start = pos + _HEAD.size + klen
             if start > self.rx_len:
                 break
-            key = bytes(rx[pos + _HEAD.size : start]).decode()
+            key = rx[pos + _HEAD.size : start].decode()
             have = self.rx_len - start
             if have >= blen:
                 if key in self.posted:
@@ -363,6 +363,12 @@ class TcpChannel(DirectChannel):
     def recv(self, source: int, key: str, deadline: float) -> Any:
         link = self._self if source == self.rank else self._link(source)
         data = link.take(key)
+        if data is None and link.body is None and link.ended is None and link.sock is not None:
+            try:  # fast path: it is often in the socket already
+                link.on_readable()
+            except ChannelClosed as exc:
+                link.ended = exc
+            data = link.take(key)
         if data is None:
             self._wait(link, lambda: any(k == key for k, _ in link.inbox), key, deadline)
             data = link.take(key)
