@@ -52,3 +52,10 @@ def test_current_outside_a_group_is_a_clear_error(ex):
 def test_bad_group_argument(ex):
     with pytest.raises(hetfaas.ConfigurationError, match="group must be"):
         ex.map(gf.no_group, [1], group=3)
+
+
+def test_map_group_over_direct_tcp(ex, rendezvous):
+    spec = GroupSpec("tcp", channel=rendezvous.uri, timeout_s=20)
+    out = list(ex.map(gf.allreduce_with_comm, [3, 4], group=spec))
+    for *_, total in out:
+        np.testing.assert_array_equal(total, np.full(3, 7.0))
