@@ -52,8 +52,9 @@ class Communicator:
     directory under the system's temporary directory, which every process of this machine
     sees. Every operation ends by ``timeout_s``; peers that do not take part by then end it in
     :class:`~hetfaas.PeerTimeout` naming them. All ranks must call the collectives in the same
-    order. ``channel`` may also be a list of URIs or channels, one per scheme: then ``hint``
-    ("fast", the default, or "cheap") picks one per operation from the calibrated cost model
+    order, and one thread at a time uses a communicator (a thread per rank is fine).
+    ``channel`` may also be a list of URIs or channels, one per scheme: then ``hint`` ("fast",
+    the default, or "cheap") picks one per operation from the calibrated cost model
     (:class:`~hetfaas.collectives.selector.ChannelChoice`).
 
     >>> with Communicator(0, 1, "doc") as comm:
