@@ -59,3 +59,9 @@ def test_map_group_over_direct_tcp(ex, rendezvous):
     out = list(ex.map(gf.allreduce_with_comm, [3, 4], group=spec))
     for *_, total in out:
         np.testing.assert_array_equal(total, np.full(3, 7.0))
+
+
+def test_map_group_on_another_backend_unchanged(tmp_path):
+    with hetfaas.Executor("submitit-local", folder=str(tmp_path / "jobs")) as sub:
+        out = list(sub.map(gf.allgather_via_current, "xy", group=GroupSpec("sub", timeout_s=30)))
+    assert out == [[(0, "x"), (1, "y")]] * 2
