@@ -118,14 +118,15 @@ class ChannelProfile:
 
 #: Measured on a 2-vCPU VM (AMD EPYC, Debian 12; loopback: redis-server 7, SeaweedFS
 #: ``weed mini``, OpenMPI 4.1 with ``--mca btl tcp,self``) by ``hetfaas bench collectives
-#: --calibrate --peers 2,4`` (docs/benchmarks.md). A real network adds its own latency and
-#: caps bandwidth: calibrate where the functions run.
+#: --calibrate --peers 2,4`` (docs/benchmarks.md; peers pinned one per core). The VM was
+#: shared and loaded, so take them as orders of magnitude; a real network adds its own
+#: latency and caps bandwidth: calibrate where the functions run.
 DEFAULT_PROFILES: dict[str, ChannelProfile] = {
-    "tcp": ChannelProfile(74e-6, 1.0e9, None, "measured, 2-vCPU VM"),
-    "mpi": ChannelProfile(26e-6, 0.30e9, None, "measured, 2-vCPU VM"),
-    "redis": ChannelProfile(202e-6, 0.12e9, 0.41e9, "measured, 2-vCPU VM"),
-    "s3": ChannelProfile(9.2e-3, 0.048e9, 0.083e9, "measured, 2-vCPU VM"),
-    "file": ChannelProfile(500e-6, 0.99e9, 2.6e9, "measured, 2-vCPU VM"),
+    "tcp": ChannelProfile(16e-6, 0.34e9, None, "measured, 2-vCPU VM"),
+    "mpi": ChannelProfile(24e-6, 0.60e9, None, "measured, 2-vCPU VM"),
+    "redis": ChannelProfile(184e-6, 0.080e9, 0.37e9, "measured, 2-vCPU VM"),
+    "s3": ChannelProfile(6.6e-3, 0.075e9, 0.11e9, "measured, 2-vCPU VM"),
+    "file": ChannelProfile(215e-6, 0.33e9, 2.5e9, "measured, 2-vCPU VM"),
 }
 
 
