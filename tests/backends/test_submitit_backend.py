@@ -74,3 +74,15 @@ def test_packing_runs_many_calls_per_job_with_their_own_results(tmp_path):
                 f.result(timeout=120)
     with pytest.raises(hetfaas.ConfigurationError, match="pack"):
         hetfaas.Executor("submitit-local", folder=tmp_path, pack=0)
+
+
+def test_packed_results_arrive_as_each_call_ends(tmp_path):
+    # One job of a quick call and a slow one: the quick call's result is streamed out of the
+    # allocation while the slow call still runs.
+    with hetfaas.Executor("submitit-local", folder=tmp_path, pack=2) as ex:
+        quick, slow = ex.map_futures(fx.sleepy, [0.0, 8.0])
+        assert quick.engine_id == slow.engine_id
+        assert quick.result(timeout=60) == 0.0
+        assert not slow.done()
+        assert slow.result(timeout=60) == 8.0
+    assert not any((tmp_path / "replies").iterdir())  # the stream folder is cleaned up

@@ -67,7 +67,7 @@ class _Prepared:
 class _Pending:
     """One engine job and the calls it carries (one, or many when packed)."""
 
-    __slots__ = ("ended_at", "futures", "job", "payloads", "requeue")
+    __slots__ = ("ended_at", "futures", "job", "payloads", "requeue", "stream")
 
     def __init__(
         self, futures: list[Future], payloads: list[Payload], job: Any, requeue: bool = False
@@ -77,11 +77,14 @@ class _Pending:
         self.job = job
         self.ended_at = 0.0
         self.requeue = requeue
+        self.stream: Path | None = getattr(job, "_hetfaas_stream", None)  # packed: replies
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
 
     def fail(self, exc: BaseException, backend: str) -> None:
+        if self.stream is not None:
+            shutil.rmtree(self.stream, ignore_errors=True)
         for f, payload in zip(self.futures, self.payloads, strict=True):
             if not f.done():
                 fail(f, payload, exc, backend)
@@ -125,14 +128,29 @@ def _loaded_function(payload: Payload) -> Any:
     return fn if fn is not None else pickle.loads(payload.fn)
 
 
-def run_packed(payloads: list[Payload], cpus: int) -> list[Reply]:
-    """Inside one allocation: run many calls on a warm local pool of ``cpus`` cores."""
+def run_packed(payloads: list[Payload], cpus: int, stream: str | None = None) -> list[Reply]:
+    """Inside one allocation: run many calls on a warm local pool of ``cpus`` cores. With
+    ``stream`` (a folder the submitter watches), each reply is also written there as soon as
+    its call ends, so the caller has it before the whole pack is done."""
+    import concurrent.futures as cf
+
     from .._executor import Executor
 
     have = len(os.sched_getaffinity(0))
     with Executor("local", cpus=max(1, min(cpus, have))) as ex:
         futures = [ex.submit(run_payload, p) for p in payloads]
+        if stream:
+            index = {id(f): i for i, f in enumerate(futures)}
+            for f in cf.as_completed(futures):
+                if f.exception() is None:
+                    _write_reply(Path(stream), index[id(f)], f.result())
         return [f.result() for f in futures]
+
+
+def _write_reply(folder: Path, index: int, reply: Reply) -> None:
+    tmp = folder / f".{index}.tmp"
+    tmp.write_bytes(pickle.dumps(reply, protocol=5))
+    tmp.rename(folder / f"{index}.reply")  # atomic: the watcher never sees half a reply
 
 
 class SubmititBackend(Backend):
@@ -156,6 +174,8 @@ class SubmititBackend(Backend):
         self._submitit = _import_submitit()
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="hetfaas-jobs-"))
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._streams = self.folder / "replies"  # packed jobs' replies, one file per call
+        self._streams.mkdir(exist_ok=True)
         self._parameters = parameters
         self._executor = self._make_executor()
         self._pending: list[_Pending] = []
@@ -236,7 +256,12 @@ class SubmititBackend(Backend):
         if len(group) == 1:
             runner = Requeueable() if group[0].requeue else run_payload
             return self._executor.submit(runner, group[0].payload)
-        return self._executor.submit(run_packed, [it.payload for it in group], self.pack_cpus)
+        stream = Path(tempfile.mkdtemp(prefix="pack-", dir=self._streams))
+        job = self._executor.submit(
+            run_packed, [it.payload for it in group], self.pack_cpus, str(stream)
+        )
+        job._hetfaas_stream = stream
+        return job
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._closing = True
@@ -272,6 +297,7 @@ class SubmititBackend(Backend):
             finished = [p for p in pending if p.job.paths.result_pickle.exists()]
             for p in finished:
                 self._settle(p)
+            streamed = sum(self._drain(p) for p in pending if p.stream and p not in finished)
             now = time.monotonic()
             if now - last_states >= _STATE_EVERY_S:
                 last_states = now
@@ -284,10 +310,34 @@ class SubmititBackend(Backend):
             with self._lock:
                 gone = {id(p) for p in pending if p.done()}
                 self._pending = [p for p in self._pending if id(p) not in gone]
-            interval = 0.002 if finished else min(0.05, interval * 1.5)
+            for p in pending:
+                if p.stream is not None and id(p) in gone:
+                    shutil.rmtree(p.stream, ignore_errors=True)
+            interval = 0.002 if finished or streamed else min(0.05, interval * 1.5)
             if self._wake.wait(interval):
                 self._wake.clear()
                 interval = 0.002
+
+    def _drain(self, p: _Pending) -> int:
+        """Settle the calls of a packed job whose replies were streamed; how many."""
+        if p.stream is None:
+            return 0
+        try:
+            names = [n for n in os.listdir(p.stream) if n.endswith(".reply")]
+        except OSError:
+            return 0
+        for name in names:
+            path = p.stream / name
+            try:
+                reply = pickle.loads(path.read_bytes())
+                index = int(name.split(".")[0])
+            except Exception:
+                continue  # the job's own result file settles it
+            path.unlink(missing_ok=True)
+            fut = p.futures[index]
+            if not fut.done():
+                complete(fut, p.payloads[index], reply, self.name)
+        return len(names)
 
     def _settle(self, p: _Pending) -> None:
         from submitit.core.utils import pickle_load
@@ -296,9 +346,13 @@ class SubmititBackend(Backend):
             outcome, value = pickle_load(p.job.paths.result_pickle)
         except EOFError:  # still being written
             return
+        if p.stream is not None:
+            shutil.rmtree(p.stream, ignore_errors=True)
         replies = value if isinstance(value, list) else [value]
         if outcome == "success" and len(replies) == len(p.futures):
             for fut, payload, reply in zip(p.futures, p.payloads, replies, strict=True):
+                if fut.done():  # its reply was streamed
+                    continue
                 state = _interrupted(reply)
                 if state:  # Submitit's signal handler stopped the function: the engine's doing
                     fail(fut, payload, _job_error(p, state, "was interrupted"), self.name)
