@@ -39,7 +39,7 @@ def test_tiny_run_agrees_across_channels_and_with_one_process(peers):
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["--channels", "mpi"], "unknown channel"),
+        (["--channels", "pigeon"], "unknown channel"),
         (["--epochs", "0"], "--epochs"),
         (["--k", "50", "--points", "10"], "--k must not exceed"),
     ],
@@ -49,3 +49,13 @@ def test_bad_options(argv, match):
     kmeans.add_arguments(parser)
     with pytest.raises(ConfigurationError, match=match):
         kmeans.run(parser.parse_args(argv))
+
+
+def test_tiny_run_over_mpi_ranks():
+    import shutil
+
+    if shutil.which("mpirun") is None:
+        pytest.skip("no mpirun (apt-get install openmpi-bin libopenmpi-dev)")
+    res = kmeans.run_kmeans(["mpi"], 2, 300, 4, 3, log=lambda m: None)
+    row = res["channels"]["mpi"]
+    assert row["ranks_agree"] and row["matches_single_process"], res["skipped"]

@@ -8,7 +8,8 @@ the per-cluster sums and counts (``k x 29`` float64) gives every function the ne
 
 The functions run as the calls of one ``Executor().map(..., group=...)`` (each gets its
 communicator); when the local pool cannot run ``P`` calls at once (one pinned core per call),
-they run as plain processes instead, and the report says so. Reported per channel: time per
+they run as plain processes instead (pinned rank r to core r mod cores), and the report says
+so. Over ``mpi://`` they are MPI ranks of ``mpirun -np P``. Reported per channel: time per
 epoch, the communication share of it, the cost of a run from the cost model
 (:func:`hetfaas.collectives.model.run_cost`), and whether the final centroids agree with the
 other channels and with a single-process run of the same algorithm on the whole data set.
@@ -101,7 +102,9 @@ def kmeans_rank(points: int, k: int, epochs: int, comm: Any = None) -> dict[str,
 
 def _process_rank(rank: int, size: int, uri: str, group: str, args: tuple, conn: Any) -> None:
     from ..collectives import Communicator
+    from .collectives import pin
 
+    pin(rank)
     try:
         with Communicator(rank, size, group, uri, timeout_s=300) as comm:
             conn.send(("ok", kmeans_rank(*args, comm=comm)))
@@ -132,6 +135,39 @@ def run_processes(uri: str, peers: int, args: tuple) -> list[dict[str, Any]]:
     if errors:
         raise RuntimeError("; ".join(errors))
     return out
+
+
+def run_mpirun(peers: int, args: tuple) -> list[dict[str, Any]]:
+    """The same functions as MPI ranks over ``mpi://`` (``mpirun -np P``)."""
+    import subprocess
+
+    cmd = ["timeout", "900", "mpirun", "--allow-run-as-root", "--oversubscribe", "-np",
+           str(peers), sys.executable, "-m", "hetfaas.bench.kmeans", "--mpi-rank",
+           *map(str, args)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=960)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mpirun failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("["):
+            ranks = json.loads(line)
+            for r in ranks:
+                r["centroids"] = np.asarray(r["centroids"])
+            return ranks
+    raise RuntimeError(f"mpirun printed no result: {proc.stdout[-500:]}")
+
+
+def _mpi_rank(points: int, k: int, epochs: int) -> None:
+    from mpi4py import MPI
+
+    from ..collectives import Communicator
+
+    world = MPI.COMM_WORLD
+    with Communicator(world.rank, world.size, "kmeans-mpi", "mpi://", 300) as comm:
+        mine = kmeans_rank(points, k, epochs, comm=comm)
+        mine["centroids"] = mine["centroids"].tolist()
+        everyone = comm.gather(mine, root=0)
+    if world.rank == 0:
+        print(json.dumps(everyone), flush=True)
 
 
 def run_executor(ex: Any, uri: str, peers: int, args: tuple) -> list[dict[str, Any]]:
@@ -184,14 +220,18 @@ def run_kmeans(
         with srv.start(channels) as up:
             res["skipped"].update(up.skipped)
             for name, uri in up.uris.items():
-                if name == "mpi":
-                    res["skipped"]["mpi"] = "k-means runs its functions outside mpirun"
-                    continue
                 log(f"k-means over {name}, P={peers} ...")
                 t = time.perf_counter()
-                ranks = (
-                    run_executor(ex, uri, peers, args) if fits else run_processes(uri, peers, args)
-                )
+                if name == "mpi":  # MPI ranks are mpirun's processes
+                    try:
+                        ranks = run_mpirun(peers, args)
+                    except RuntimeError as exc:
+                        res["skipped"]["mpi"] = str(exc)
+                        continue
+                elif fits:
+                    ranks = run_executor(ex, uri, peers, args)
+                else:
+                    ranks = run_processes(uri, peers, args)
                 wall = time.perf_counter() - t
                 ranks.sort(key=lambda r: r["rank"])
                 epoch = [statistics.median(r["epoch_s"]) for r in ranks]
@@ -258,8 +298,8 @@ def format_table(res: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channels",
-        default="file,tcp,redis,s3",
-        help="comma list of file, tcp, redis, s3 (default: all four)",
+        default="file,tcp,redis,s3,mpi",
+        help="comma list of file, tcp, redis, s3, mpi (default: all; mpi runs under mpirun)",
     )
     parser.add_argument("--peers", type=int, default=2, help="functions (default 2)")
     parser.add_argument(
@@ -284,10 +324,10 @@ def run(args: argparse.Namespace) -> int:
     from ..exceptions import ConfigurationError
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
-    unknown = sorted(set(channels) - {"file", "tcp", "redis", "s3"})
+    unknown = sorted(set(channels) - {"file", "tcp", "redis", "s3", "mpi"})
     if unknown:
         raise ConfigurationError(
-            f"unknown channel(s) {', '.join(unknown)}; known: file, tcp, redis, s3"
+            f"unknown channel(s) {', '.join(unknown)}; known: file, tcp, redis, s3, mpi"
         )
     for name in ("peers", "points", "k", "epochs", "memory_mb"):
         if getattr(args, name) < 1:
@@ -297,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     points = args.points
     if args.quick:
         points = min(points, 2000)
-        if args.channels == "file,tcp,redis,s3":
+        if args.channels == "file,tcp,redis,s3,mpi":
             channels = ["file", "tcp"]
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     res = run_kmeans(channels, args.peers, points, args.k, args.epochs, args.memory_mb, log)
@@ -310,3 +350,8 @@ def run(args: argparse.Namespace) -> int:
         r["matches_single_process"] and r["ranks_agree"] for r in res["channels"].values()
     )
     return 0 if ok else 1
+
+
+if __name__ == "__main__":  # one rank of run_mpirun, under mpirun
+    if sys.argv[1:2] == ["--mpi-rank"]:
+        _mpi_rank(*(int(x) for x in sys.argv[2:5]))
