@@ -118,15 +118,15 @@ class ChannelProfile:
 
 #: Measured on a 2-vCPU VM (AMD EPYC, Debian 12; loopback: redis-server 7, SeaweedFS
 #: ``weed mini``, OpenMPI 4.1 with ``--mca btl tcp,self``) by ``hetfaas bench collectives
-#: --calibrate --peers 2,4`` (docs/benchmarks.md; peers pinned one per core). The VM was
-#: shared and loaded, so take them as orders of magnitude; a real network adds its own
-#: latency and caps bandwidth: calibrate where the functions run.
+#: --calibrate --peers 2,4`` (docs/benchmarks.md, run A; peers pinned one per core). Loopback
+#: on one VM: a real network adds its own latency and caps bandwidth, so calibrate where the
+#: functions run.
 DEFAULT_PROFILES: dict[str, ChannelProfile] = {
-    "tcp": ChannelProfile(16e-6, 0.34e9, None, "measured, 2-vCPU VM"),
-    "mpi": ChannelProfile(24e-6, 0.60e9, None, "measured, 2-vCPU VM"),
-    "redis": ChannelProfile(184e-6, 0.080e9, 0.37e9, "measured, 2-vCPU VM"),
-    "s3": ChannelProfile(6.6e-3, 0.075e9, 0.11e9, "measured, 2-vCPU VM"),
-    "file": ChannelProfile(215e-6, 0.33e9, 2.5e9, "measured, 2-vCPU VM"),
+    "tcp": ChannelProfile(17e-6, 0.97e9, None, "measured, 2-vCPU VM"),
+    "mpi": ChannelProfile(26e-6, 0.74e9, None, "measured, 2-vCPU VM"),
+    "redis": ChannelProfile(129e-6, 0.12e9, 0.46e9, "measured, 2-vCPU VM"),
+    "s3": ChannelProfile(6.9e-3, 0.091e9, 0.17e9, "measured, 2-vCPU VM"),
+    "file": ChannelProfile(194e-6, 1.06e9, 2.4e9, "measured, 2-vCPU VM"),
 }
 
 
