@@ -14,8 +14,10 @@ import contextlib
 import math
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -455,6 +457,7 @@ class SlurmBackend(SubmititBackend):
     ) -> None:
         _check_slurm()
         self._release = release_requeued
+        self._python = parameters.pop("slurm_python", None)  # Submitit's, at construction
         if partition is not None:
             parameters["slurm_partition"] = partition
         # Submitit signals a job 90 s before its time limit by default, which would stop
@@ -472,7 +475,10 @@ class SlurmBackend(SubmititBackend):
         return params
 
     def _make_executor(self) -> Any:
-        return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm")
+        # Jobs start through slurm_entry (Submitit's runner without its one-second wait for
+        # the call's pickle) unless the user gave a python command of their own.
+        python = self._python or f"{shlex.quote(sys.executable)} -u -m hetfaas.backends.slurm_entry"
+        return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm", slurm_python=python)
 
     def _release_requeued(self, pending: list[_Pending]) -> None:
         """Slurm holds a requeued batch job for about two minutes (pending, reason BeginTime)
