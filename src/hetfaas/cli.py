@@ -1,4 +1,5 @@
-"""``hetfaas``: the command line. ``hetfaas bench bmm|overhead``, ``hetfaas info``."""
+"""``hetfaas``: the command line. ``hetfaas bench bmm|overhead|collectives|kmeans|inference``,
+``hetfaas rendezvous``, ``hetfaas info``."""
 
 from __future__ import annotations
 
