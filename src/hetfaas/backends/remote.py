@@ -147,13 +147,19 @@ _proc_start: list[int] = []
 
 
 def _process_start_ns() -> int:
+    """When this process started, on the wall clock. From its start in clock ticks since boot
+    against CLOCK_BOOTTIME now (10 ms resolution): psutil's create_time adds the boot time,
+    which Linux reports in whole seconds, and would be off by up to a second."""
     if not _proc_start:
-        import psutil
-
         try:
-            _proc_start.append(int(psutil.Process().create_time() * 1e9))
-        except psutil.Error:
-            _proc_start.append(0)
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            age_s = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf(
+                "SC_CLK_TCK"
+            )
+            _proc_start.append(time.time_ns() - int(age_s * 1e9))
+        except (OSError, ValueError, IndexError, AttributeError):
+            _proc_start.append(0)  # not Linux: no cold-start split
     return _proc_start[0]
 
 
