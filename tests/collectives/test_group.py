@@ -65,3 +65,21 @@ def test_map_group_on_another_backend_unchanged(tmp_path):
     with hetfaas.Executor("submitit-local", folder=str(tmp_path / "jobs")) as sub:
         out = list(sub.map(gf.allgather_via_current, "xy", group=GroupSpec("sub", timeout_s=30)))
     assert out == [[(0, "x"), (1, "y")]] * 2
+
+
+@pytest.mark.parametrize("hint", ["fast", "cheap"])
+def test_map_group_over_several_channels_with_a_hint(ex, file_uri, rendezvous, hint):
+    spec = GroupSpec("choice", channel=[file_uri, rendezvous.uri], timeout_s=20, hint=hint)
+    assert spec.channel == (file_uri, rendezvous.uri)  # kept as a tuple: the spec is frozen
+    out = list(ex.map(gf.allreduce_with_comm, [1, 2], group=spec))
+    for *_, total in out:
+        np.testing.assert_array_equal(total, np.full(3, 3.0))
+
+
+def test_group_spec_rejects_bad_channels_and_hints():
+    with pytest.raises(hetfaas.ConfigurationError, match="list of URIs"):
+        GroupSpec("x", channel=[])
+    with pytest.raises(hetfaas.ConfigurationError, match="list of URIs"):
+        GroupSpec("x", channel=["file:///tmp/a", 3])
+    with pytest.raises(hetfaas.ConfigurationError, match="'fast' or 'cheap'"):
+        GroupSpec("x", hint="quick")

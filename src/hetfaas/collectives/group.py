@@ -28,14 +28,24 @@ class GroupSpec:
     name can be used again and a crashed map's leftovers are never read."""
 
     name: str = "map"
-    channel: str | None = None
+    channel: str | tuple[str, ...] | None = None  # several URIs: ``hint`` picks per operation
     timeout_s: float = 60.0
+    hint: str | None = None  # "fast" or "cheap", with several channels (the cost model's)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError(f"GroupSpec.name must be a non-empty str, got {self.name!r}")
-        if self.channel is not None and not isinstance(self.channel, str):
-            raise ConfigurationError(f"GroupSpec.channel must be a URI, got {self.channel!r}")
+        channel = self.channel
+        if isinstance(channel, list):
+            channel = tuple(channel)
+            object.__setattr__(self, "channel", channel)  # frozen: hashable and picklable
+        uris = channel if isinstance(channel, tuple) else (channel,)
+        if channel is not None and (not uris or not all(isinstance(u, str) for u in uris)):
+            raise ConfigurationError(
+                f"GroupSpec.channel must be a URI or a list of URIs, got {self.channel!r}"
+            )
+        if self.hint not in (None, "fast", "cheap"):
+            raise ConfigurationError(f"GroupSpec.hint must be 'fast' or 'cheap', got {self.hint!r}")
 
 
 def as_spec(group: str | GroupSpec) -> GroupSpec:
@@ -88,8 +98,9 @@ class GroupCall:
     def __init__(self, fn: Callable[..., Any], spec: GroupSpec, size: int) -> None:
         self.fn = fn
         self.name = f"{spec.name}-{uuid.uuid4().hex[:12]}"
-        self.channel = spec.channel
+        self.channel = list(spec.channel) if isinstance(spec.channel, tuple) else spec.channel
         self.timeout_s = spec.timeout_s
+        self.hint = spec.hint
         self.size = size
         self.pass_comm = _takes_comm(fn)
         self.__qualname__ = getattr(fn, "__qualname__", "GroupCall")
@@ -97,7 +108,9 @@ class GroupCall:
     def __call__(self, rank: int, *args: Any) -> Any:
         from .comm import Communicator, _current
 
-        with Communicator(rank, self.size, self.name, self.channel, self.timeout_s) as comm:
+        with Communicator(
+            rank, self.size, self.name, self.channel, self.timeout_s, self.hint
+        ) as comm:
             token = _current.set(comm)
             try:
                 return self.fn(*args, comm=comm) if self.pass_comm else self.fn(*args)
