@@ -180,15 +180,10 @@ class SchedulerState:
             cache.touch(model, self.load_times[model])
             cache.pin(model)
             return request, True, []
-        held = self.held[device]
         evicted = cache.admit(model, self.sizes[model], self.load_times[model])
         for v in evicted:
-            refs = held[v] - 1
-            if refs:
-                held[v] = refs
-            else:
-                del held[v]
-        held[model] += 1
+            self._drop_hold(device, v)
+        self.held[device][model] += 1
         cache.pin(model)
         return request, False, evicted
 
@@ -205,12 +200,7 @@ class SchedulerState:
         request = self.queues[source].pop(index)
         model = self.req_model.pop(request)
         self._unqueue(model, source)
-        held = self.held[source]
-        refs = held[model] - 1
-        if refs:
-            held[model] = refs
-        else:
-            del held[model]
+        self._drop_hold(source, model)
         self.load[source] -= 1
         self._changed(source)
         self.enqueue(device, request, model)
@@ -223,12 +213,7 @@ class SchedulerState:
         self.running[device] = -1
         model = self.req_model.pop(request)
         self.caches[device].unpin(model)
-        held = self.held[device]
-        refs = held[model] - 1
-        if refs:
-            held[model] = refs
-        else:
-            del held[model]
+        self._drop_hold(device, model)
         self.load[device] -= 1
         self.overtaken.pop(request, None)
         self._changed(device)
@@ -239,12 +224,16 @@ class SchedulerState:
         cache = self.caches[device]
         if model in cache:
             cache.evict(model)
-            held = self.held[device]
-            refs = held[model] - 1
-            if refs:
-                held[model] = refs
-            else:
-                del held[model]
+            self._drop_hold(device, model)
+
+    def _drop_hold(self, device: int, model: int) -> None:
+        """One reference fewer to ``model`` on ``device`` (queued, running or cached)."""
+        held = self.held[device]
+        refs = held[model] - 1
+        if refs:
+            held[model] = refs
+        else:
+            del held[model]
 
     def fail(self, device: int) -> list[tuple[int, int]]:
         """Take ``device`` out of service; returns its requests (running first) with models."""
