@@ -83,5 +83,12 @@ def visible_gpus(sleep_s=0.0):
 
 def job_env():
     """What a job sees of its allocation."""
-    return {k: os.environ.get(k) for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID",
-                                           "CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK")}
+    return {
+        k: os.environ.get(k)
+        for k in (
+            "SLURM_JOB_ID",
+            "SLURM_ARRAY_JOB_ID",
+            "CUDA_VISIBLE_DEVICES",
+            "SLURM_CPUS_PER_TASK",
+        )
+    }

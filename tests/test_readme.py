@@ -32,13 +32,15 @@ def test_readme_python_block_runs(code, tmp_path):
     if 'Executor("slurm"' in code:  # the README tells users to start Slurm first; so do we
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             pytest.skip("starting Slurm daemons here needs root and apt-get")
-        up = subprocess.run([str(ROOT / "scripts" / "slurm-up")], capture_output=True,
-                            text=True, timeout=600)
+        up = subprocess.run(
+            [str(ROOT / "scripts" / "slurm-up")], capture_output=True, text=True, timeout=600
+        )
         assert up.returncode == 0, up.stdout + up.stderr
     if 'Executor("ray"' in code:
         pytest.importorskip("ray")
     script = tmp_path / "block.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

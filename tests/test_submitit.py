@@ -19,8 +19,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_example_runs_unchanged_but_for_the_import(tmp_path):
     src = (ROOT / "examples" / "example.py").read_text()
     assert "from hetfaas import submitit" in src and "\nimport submitit" not in src
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "example.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "example.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().splitlines()[-1]
     # Slurm's job id when a Slurm cluster answers here (as Submitit's AutoExecutor), else ours

@@ -1,5 +1,8 @@
 """Future: a concurrent.futures.Future that also knows its call id, state and timings.
 
+Backends settle a future only through :mod:`hetfaas.backends.contract` (``complete``,
+``attach``); the fields below are this module's own.
+
 The condition variable of ``concurrent.futures.Future`` costs a few microseconds to make; most
 futures of a large ``map`` are never waited on while pending, so it is made only when a thread
 first waits (or ``concurrent.futures.wait`` looks at the future).
@@ -13,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._invocation import State, Timings
+from ._invocation import Stamps, State, Timings
 
 _LAZY = threading.Lock()
 _FINISHED = "FINISHED"
@@ -44,8 +47,9 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._prefix = prefix
         self.seq = seq
         self._timings: Timings | None = None
-        self._stamps: tuple[Any, ...] | None = None
+        self._stamps: Stamps | None = None
         self._waiter_hook: Callable[[Future, float | None], None] | None = None  # (fut, deadline)
+        self._canceller: Callable[[Future], bool] | None = None  # stops a running call
         self.stdout = ""
         self.stderr = ""
         self.engine_id: str | None = None  # the engine's own id (a Slurm job id, ...)
@@ -70,17 +74,16 @@ class Future(cf.Future):  # type: ignore[type-arg]
     def timings(self) -> Timings | None:
         """Where the call's time went; None until it ends."""
         if self._timings is None and self._stamps is not None:
-            s = self._stamps
-            self._timings = Timings(
-                s[0] / 1e3, s[1] / 1e3, s[2] / 1e3, s[3] / 1e3, s[4] / 1e3, s[5] / 1e3, *s[6:]
-            )
+            self._timings = self._stamps.to_timings()
         return self._timings
 
     @property
     def state(self) -> State:
         raw = self._state
         if raw == _FINISHED:
-            return State.FAILED if self._exception is not None else State.COMPLETED
+            if self._exception is None:
+                return State.COMPLETED
+            return State.CANCELLED if _is_cancel(self._exception) else State.FAILED
         return _STATES[raw]
 
     def __repr__(self) -> str:
@@ -92,7 +95,33 @@ class Future(cf.Future):  # type: ignore[type-arg]
         return self._state in _DONE
 
     def cancelled(self) -> bool:
+        if self._state == _FINISHED:  # a running call the backend stopped on cancel()
+            return _is_cancel(self._exception)
         return self._state in ("CANCELLED", "CANCELLED_AND_NOTIFIED")
+
+    def cancel(self) -> bool:
+        r"""Cancel the call: a queued call is dropped; a running one is stopped by its backend
+        (the local pool kills its worker, Slurm ``scancel``\ s its job, Ray cancels its task)
+        and raises :class:`~hetfaas.exceptions.CallCancelled`. False if it already ended or
+        its backend cannot stop it."""
+        if self._state == "PENDING" and super().cancel():
+            return True
+        canceller = self._canceller
+        if self._state != "RUNNING" or canceller is None:
+            return self.cancelled()
+        if not canceller(self):
+            return self.cancelled()
+        with self._condition:
+            if self._state == "RUNNING":
+                self._state = "CANCELLED_AND_NOTIFIED"
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                self._condition.notify_all()
+            else:
+                return self.cancelled()
+        self._waiter_hook = self._canceller = None
+        self._invoke_callbacks()
+        return True
 
     def running(self) -> bool:
         return self._state == "RUNNING"
@@ -117,6 +146,28 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._invoke_callbacks()
         return True
 
+    def _settle(
+        self, result: Any, error: BaseException | None, stamps: Stamps | Timings | None
+    ) -> bool:
+        """The backend contract's ``complete``: timings, then the outcome. False when the
+        future had already ended (a call cancelled meanwhile)."""
+        if self._state in _DONE:
+            return False
+        if stamps is not None:
+            if isinstance(stamps, Timings):
+                self._timings = stamps
+            else:
+                self._stamps = stamps
+        self._waiter_hook = self._canceller = None
+        try:
+            if error is None:
+                self.set_result(result)
+            else:
+                self.set_exception(error)
+        except cf.InvalidStateError:
+            return False
+        return True
+
     def set_result(self, result: Any) -> None:
         if self._cond is None and self._finish_fast(result, None):
             return
@@ -137,7 +188,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
                 from .exceptions import CallCancelled
 
                 raise CallCancelled(
-                    f"call {self.invocation_id} was cancelled before it ran", self.invocation_id
+                    f"call {self.invocation_id} was cancelled", self.invocation_id
                 ) from None
         if self._exception is not None:
             try:
@@ -149,7 +200,14 @@ class Future(cf.Future):  # type: ignore[type-arg]
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state != _FINISHED:
             timeout = self._help(timeout)
-        return super().exception(timeout)
+        try:
+            return super().exception(timeout)
+        except cf.CancelledError:
+            from .exceptions import CallCancelled
+
+            raise CallCancelled(
+                f"call {self.invocation_id} was cancelled", self.invocation_id
+            ) from None
 
     def _help(self, timeout: float | None) -> float | None:
         """Let the backend deliver results in this thread while it waits; the time left."""
@@ -159,3 +217,9 @@ class Future(cf.Future):  # type: ignore[type-arg]
         deadline = None if timeout is None else time.monotonic() + timeout
         hook(self, deadline)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _is_cancel(exc: BaseException | None) -> bool:
+    from .exceptions import CallCancelled
+
+    return isinstance(exc, CallCancelled)

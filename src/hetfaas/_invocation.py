@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 
 class State(str, enum.Enum):
@@ -67,6 +68,35 @@ class Timings:
         d["cpus"] = list(self.cpus)
         d["gpus"] = list(self.gpus)
         return d
+
+
+class Stamps(NamedTuple):
+    """What a backend records of one call, in nanoseconds: the phases (which sum to
+    ``total_ns``), the stamps and where it ran. Cheap to make on the hot path;
+    ``Future.timings`` turns it into :class:`Timings` (µs) when first read."""
+
+    queue_ns: int
+    cold_start_ns: int
+    transfer_in_ns: int
+    compute_ns: int
+    transfer_out_ns: int
+    total_ns: int
+    submitted_ns: int = 0
+    started_ns: int = 0
+    finished_ns: int = 0
+    completed_ns: int = 0
+    worker: int = -1
+    pid: int = 0
+    cpus: tuple[int, ...] = ()
+    gpus: tuple[int, ...] = ()
+    backend: str = "local"
+
+    def to_timings(self) -> Timings:
+        return Timings(
+            self.queue_ns / 1e3, self.cold_start_ns / 1e3, self.transfer_in_ns / 1e3,
+            self.compute_ns / 1e3, self.transfer_out_ns / 1e3, self.total_ns / 1e3,
+            *self[6:],
+        )  # fmt: skip
 
 
 PHASES = ("queue_us", "cold_start_us", "transfer_in_us", "compute_us", "transfer_out_us")

@@ -38,8 +38,19 @@ from __future__ import annotations
 import concurrent.futures
 
 
+def _rebuild(cls: type, args: tuple[object, ...], state: dict[str, object]) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class HetfaasError(Exception):
-    """Base of every error hetfaas raises."""
+    """Base of every error hetfaas raises. Each one survives a pickle round trip with its
+    message and attributes, whatever its constructor takes (it travels between processes)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class ConfigurationError(HetfaasError, ValueError):

@@ -121,8 +121,13 @@ def test_timeout_kills_the_worker_and_pool_recovers(ex):
     assert ex.submit(fx.add, 1, 1).result(timeout=60) == 2
 
 
-@pytest.mark.parametrize("killer,match", [(lambda ex: ex.submit(fx.exit_now, 7), "exit code 7"),
-                                          (lambda ex: ex.submit(fx.segfault), "SIGSEGV")])
+@pytest.mark.parametrize(
+    "killer,match",
+    [
+        (lambda ex: ex.submit(fx.exit_now, 7), "exit code 7"),
+        (lambda ex: ex.submit(fx.segfault), "SIGSEGV"),
+    ],
+)
 def test_dead_worker_raises_and_is_replaced(ex, killer, match):
     ex.warmup()
     behind = [ex.submit(fx.sleepy, 0.05) for _ in range(CORES * 2)]
@@ -220,8 +225,14 @@ def test_unknown_backend_lists_known():
 
 
 def test_resources_validated_once():
-    for bad in (dict(cpus=0), dict(cpus=1.5), dict(gpus=-1), dict(gpus=1.5), dict(timeout_s=0),
-                dict(memory_mb=-5)):
+    for bad in (
+        dict(cpus=0),
+        dict(cpus=1.5),
+        dict(gpus=-1),
+        dict(gpus=1.5),
+        dict(timeout_s=0),
+        dict(memory_mb=-5),
+    ):
         with pytest.raises(hetfaas.ResourceError):
             Resources(**bad)
     assert Resources(gpus=0.5).gpu_share == 0.5

@@ -21,9 +21,12 @@ def test_pipe_and_pool_rows_are_measured():
 
 def test_table_reports_targets():
     res = {
-        "rows": [{"name": "a", "p50_us": 1.0, "p99_us": 2.0, "calls_per_s": 3.0,
-                  "map_calls_per_s": None}],
-        "tensor_100mb_ms": 10.0, "copy_100mb_ms": 8.0, "tensor_100mb_shared_ms": 0.1,
+        "rows": [
+            {"name": "a", "p50_us": 1.0, "p99_us": 2.0, "calls_per_s": 3.0, "map_calls_per_s": None}
+        ],
+        "tensor_100mb_ms": 10.0,
+        "copy_100mb_ms": 8.0,
+        "tensor_100mb_shared_ms": 0.1,
         "ratios": {"tensor_vs_copy": 1.25, "p50_vs_pipe": 1.0, "ppe_p50_vs_ours": 3.0},
         "targets": {"x": True, "y": False},
     }

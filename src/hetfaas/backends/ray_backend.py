@@ -54,6 +54,7 @@ from ..exceptions import (
     ResourceError,
     WorkerDied,
 )
+from . import contract
 from .base import Backend, CallSpec, Capacity
 from .remote import Payload, Reply, complete, fail, run_payload
 
@@ -256,7 +257,7 @@ class RayBackend(Backend):
                     raise err from exc
                 call = _Call(self, p, ref, time.monotonic())
                 p.future.engine_id = ref.task_id().hex()
-                p.future._waiter_hook = call.help
+                contract.attach(p.future, waiter=call.help)
                 calls.append(call)
         finally:
             if calls:
@@ -366,7 +367,7 @@ class RayBackend(Backend):
             self._fail(call, self._translate(call, error))
             return
         fut = call.future
-        fut._waiter_hook = None  # lets the finished task's object go
+        contract.detach(fut)  # lets the finished task's object go
         try:
             if isinstance(reply, bytes):
                 try:
@@ -380,7 +381,7 @@ class RayBackend(Backend):
 
     def _fail(self, call: _Call, exc: BaseException) -> None:
         fut = call.future
-        fut._waiter_hook = None
+        contract.detach(fut)
         try:
             fail(fut, call.payload, exc, self.name)
         finally:

@@ -16,16 +16,18 @@ import os
 import pickle
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cloudpickle
 
 from .._future import Future
+from .._invocation import Stamps
 from .._resources import Resources
-from ..exceptions import RemoteError, RemoteTraceback, SerializationError
+from ..exceptions import SerializationError
 from ..serialize import dump_function
+from . import errors
+from .contract import complete as settle
 
 _loaded: dict[bytes, Any] = {}  # functions already unpickled in this engine process
 
@@ -81,8 +83,7 @@ class Reply:
     """What :func:`run_payload` returns to the caller."""
 
     ok: bool
-    data: bytes  # pickled value, or pickled (exception, traceback) / (type, message, traceback)
-    exception_is_text: bool = False
+    data: bytes  # the pickled value, or the exception as errors.encode made it
     begin_ns: int = 0  # the wrapper started (wall clock, engine side)
     start_ns: int = 0
     end_ns: int = 0
@@ -124,20 +125,13 @@ def run_payload(payload: Payload) -> Reply:
             raise SerializationError(
                 f"the result of {payload.fn_name} cannot be pickled: {type(exc).__name__}: {exc}"
             ) from exc
-        ok, text = True, False
+        ok = True
     except BaseException as exc:  # every error of the call goes back to the caller
         end = time.time_ns()
         start = start or end
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        ok = False
-        try:
-            if not isinstance(exc, Exception):
-                raise TypeError("not an Exception")
-            data, text = cloudpickle.dumps((exc, tb), protocol=5), False
-        except Exception:
-            data, text = pickle.dumps((type(exc).__qualname__, str(exc), tb)), True
+        ok, data = False, errors.encode(exc)
     return Reply(
-        ok, data, text, begin, start, end, load_ns, _process_start_ns(), os.getpid(),
+        ok, data, begin, start, end, load_ns, _process_start_ns(), os.getpid(),
         os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
         os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     )  # fmt: skip
@@ -172,12 +166,8 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
     try:
         if reply.ok:
             value = pickle.loads(reply.data)
-        elif reply.exception_is_text:
-            type_name, message, tb = pickle.loads(reply.data)
-            exc = RemoteError(type_name, message, tb, fut.invocation_id)
         else:
-            exc, tb = pickle.loads(reply.data)
-            exc.__cause__ = RemoteTraceback(tb)
+            exc = errors.decode(reply.data, fut.invocation_id)
     except Exception as e:  # a result this process cannot unpickle (a missing module, ...)
         exc = e
     t0 = payload.submitted_ns
@@ -193,14 +183,11 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
     if queue < 0:  # the process start time's coarse clock: take it from the cold start
         cold, queue = max(0, cold + queue), 0
     gpus = tuple(int(g) for g in reply.gpus.split(",") if g.strip().isdigit())
-    fut._stamps = (
+    stamps = Stamps(
         queue, cold, t_in, compute, t_out, total, t0, reply.start_ns, reply.end_ns, done,
         -1, reply.pid, reply.cpus, gpus, backend,
     )  # fmt: skip
-    if exc is None:
-        fut.set_result(value)
-    else:
-        fut.set_exception(exc)
+    settle(fut, value, error=exc, timings=stamps)
 
 
 def fail(fut: Future, payload: Payload, exc: BaseException, backend: str) -> None:
@@ -209,5 +196,5 @@ def fail(fut: Future, payload: Payload, exc: BaseException, backend: str) -> Non
     done = time.time_ns()
     t0 = payload.submitted_ns
     total = max(0, done - t0)
-    fut._stamps = (total, 0, 0, 0, 0, total, t0, 0, 0, done, -1, 0, (), (), backend)
-    fut.set_exception(exc)
+    stamps = Stamps(total, 0, 0, 0, 0, total, t0, 0, 0, done, backend=backend)
+    settle(fut, error=exc, timings=stamps)

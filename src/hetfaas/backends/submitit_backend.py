@@ -35,6 +35,7 @@ from ..exceptions import (
     JobTimeout,
     ResourceError,
 )
+from . import errors
 from .base import Backend, CallSpec, Capacity
 from .remote import Payload, Reply, complete, fail, run_payload
 
@@ -390,10 +391,10 @@ class SubmititBackend(Backend):
 
 def _interrupted(reply: Reply) -> str:
     """ "TIMEOUT"/"PREEMPTED" when Submitit stopped the call on the engine's signal, else ""."""
-    if reply.ok or reply.exception_is_text:
+    if reply.ok:
         return ""
     with contextlib.suppress(Exception):
-        exc, _ = pickle.loads(reply.data)
+        exc = errors.decode(reply.data)
         if type(exc).__name__ == "UncompletedJobError":
             return "TIMEOUT" if "timed-out" in str(exc) else "PREEMPTED"
     return ""

@@ -35,17 +35,18 @@ import psutil
 
 from ... import serialize
 from ..._future import Future
+from ..._invocation import Stamps
 from ..._resources import Resources
 from ...exceptions import (
     ConfigurationError,
     ExecutorShutdownError,
-    RemoteError,
-    RemoteTraceback,
     ResourceError,
     WorkerDied,
 )
 from ...shm import AttachCache, Segment, SegmentPool, segment_name, sweep, sweep_orphans
+from .. import errors
 from ..base import Backend, CallSpec, Capacity
+from ..contract import attach, complete
 from . import protocol as P
 from .gpus import detect_gpus
 from .placement import impossible, place
@@ -171,7 +172,7 @@ class LocalBackend(Backend):
         call.leases = sink.leases
         call.resources = res
         call.future = spec.future
-        spec.future._waiter_hook = self._wait_for
+        attach(spec.future, waiter=self._wait_for, canceller=self._cancel_running)
         call.capture = self.capture_output
         call.t_ser = time.perf_counter_ns()
         return call
@@ -222,6 +223,9 @@ class LocalBackend(Backend):
         dead = [w for w in have if w.state == DEAD]
         if dead:
             raise WorkerDied(f"{len(dead)} worker(s) died while starting")
+
+    def _cancel_running(self, fut: Future) -> bool:
+        return False
 
     def cancel_pending(self) -> None:
         with self._lock:
@@ -659,12 +663,8 @@ class LocalBackend(Backend):
             if status == P.VALUE:
                 track = self._track(w) if descs else None
                 value = serialize.loads(data, descs, self._attach, track)
-            elif status == P.EXCEPTION:
-                exc, tb = pickle.loads(data)
-                exc.__cause__ = RemoteTraceback(tb)
             else:
-                type_name, message, tb = pickle.loads(data)
-                exc = RemoteError(type_name, message, tb, fut.invocation_id)
+                exc = errors.decode(data, fut.invocation_id)
         except Exception as e:  # a result the caller cannot unpickle
             exc = e
         t_done = time.perf_counter_ns()
@@ -677,14 +677,11 @@ class LocalBackend(Backend):
         t_in = call.t_ser - call.t_submit + recv_ns - call.t_disp + start_ns - deser_ns - fn_load_ns
         t_out = t_done - end_ns
         total = t_done - call.t_submit
-        fut._stamps = (
+        stamps = Stamps(
             total - cold - t_in - compute - t_out, cold, t_in, compute, t_out, total,
             call.t_submit, start_ns, end_ns, t_done, w.index, w.pid, w.cpus, w.gpus,
         )  # fmt: skip
-        if exc is None:
-            fut.set_result(value)
-        else:
-            fut.set_exception(exc)
+        complete(fut, value, error=exc, timings=stamps)
 
     def _track(self, w: WorkerHandle) -> Any:
         pid, ref = w.pid, weakref.ref(w)
@@ -718,10 +715,15 @@ class LocalBackend(Backend):
             sweep(f"hetfaas-{w.pid}-")
             if not w.ready_ns:  # it never started: do not retry forever
                 for call in calls:
-                    self._fail(call, WorkerDied(
-                        f"a worker failed to start (exit code {code}) before running call "
-                        f"{call.future.invocation_id}; see its stderr above",
-                        call.future.invocation_id, code))
+                    self._fail(
+                        call,
+                        WorkerDied(
+                            f"a worker failed to start (exit code {code}) before running call "
+                            f"{call.future.invocation_id}; see its stderr above",
+                            call.future.invocation_id,
+                            code,
+                        ),
+                    )
                 return
             culprit = next((c for c in calls if c.future.seq == running_seq), None)
             if culprit is None and calls and calls[0].started:
@@ -733,9 +735,15 @@ class LocalBackend(Backend):
                     seen_culprit = True
                     self._fail(call, death_error(w, call, code))
                 elif not seen_culprit and culprit is not None:
-                    self._fail(call, WorkerDied(
-                        f"worker {w.index} (pid {w.pid}) finished call {call.future.invocation_id}"
-                        " but died before returning its result", call.future.invocation_id, code))
+                    self._fail(
+                        call,
+                        WorkerDied(
+                            f"worker {w.index} (pid {w.pid}) finished call {call.future.invocation_id}"
+                            " but died before returning its result",
+                            call.future.invocation_id,
+                            code,
+                        ),
+                    )
                 else:
                     requeue.append(call)
             for call in reversed(requeue):

@@ -10,8 +10,7 @@ worker -> caller
     (RESULTS, [reply, ...])          reply = (seq, status, data, descs, deser_ns, start_ns,
                                      end_ns, fn_load_ns, stdout, stderr, retained, recv_ns)
 
-``status`` is VALUE, EXCEPTION (data: pickled (exception, traceback text)) or
-EXCEPTION_TEXT (data: pickled (type name, message, traceback text)).
+``status`` is VALUE or EXCEPTION (data: what ``hetfaas.backends.errors.encode`` made).
 A worker also writes (seq, start_ns) of the call it is running into its slot of the pool's
 control segment, so the caller knows which call a dead worker was running.
 """
@@ -28,7 +27,6 @@ RESULTS = 4
 
 VALUE = 0
 EXCEPTION = 1
-EXCEPTION_TEXT = 2
 
 CONTROL_SLOT = 16  # bytes per worker in the control segment: int64 seq, int64 start_ns
 

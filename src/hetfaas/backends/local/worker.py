@@ -16,12 +16,12 @@ import struct
 import sys
 import threading
 import time
-import traceback
 import weakref
 from typing import Any
 
 from ... import serialize
 from ...shm import AttachCache, Segment, SegmentPool
+from .. import errors
 from . import protocol as P
 
 FLUSH_NS = 2_000_000  # a reply waits at most this long for the next ones of its batch
@@ -148,7 +148,7 @@ class Worker:
         except BaseException as exc:  # everything the function raises goes back to the caller
             end_ns = time.perf_counter_ns()
             start_ns = start_ns or end_ns
-            reply = (seq, *_encode_exception(exc), ())
+            reply = (seq, P.EXCEPTION, errors.encode(exc), ())
             exc.__traceback__ = None
             del exc
         retained = [name for ref, name in views if ref() is not None and "-a-" in name]
@@ -160,16 +160,6 @@ _SIMPLE = frozenset({int, float, str, bytes, bool, type(None)})
 
 def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
-
-
-def _encode_exception(exc: BaseException) -> tuple[int, bytes]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    if isinstance(exc, Exception):
-        try:
-            return P.EXCEPTION, serialize.cloudpickle.dumps((exc, tb), protocol=5)
-        except Exception:
-            pass
-    return P.EXCEPTION_TEXT, pickle.dumps((type(exc).__qualname__, str(exc), tb))
 
 
 def main(argv: list[str]) -> int:
