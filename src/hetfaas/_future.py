@@ -100,9 +100,9 @@ class Future(cf.Future):  # type: ignore[type-arg]
         return self._state in ("CANCELLED", "CANCELLED_AND_NOTIFIED")
 
     def cancel(self) -> bool:
-        r"""Cancel the call: a queued call is dropped; a running one is stopped by its backend
-        (the local pool kills its worker, Slurm ``scancel``\ s its job, Ray cancels its task)
-        and raises :class:`~hetfaas.exceptions.CallCancelled`. False if it already ended or
+        """Cancel the call: a queued call is dropped; a running one is stopped by its backend
+        (the local pool interrupts or kills its worker, Slurm cancels its job with
+        ``scancel``, Ray cancels its task) and raises :class:`~hetfaas.exceptions.CallCancelled`. False if it already ended or
         its backend cannot stop it."""
         if self._state == "PENDING" and super().cancel():
             return True
