@@ -102,8 +102,9 @@ class Future(cf.Future):  # type: ignore[type-arg]
     def cancel(self) -> bool:
         """Cancel the call: a queued call is dropped; a running one is stopped by its backend
         (the local pool interrupts or kills its worker, Slurm cancels its job with
-        ``scancel``, Ray cancels its task) and raises :class:`~hetfaas.exceptions.CallCancelled`. False if it already ended or
-        its backend cannot stop it."""
+        ``scancel``, Ray cancels its task) and raises
+        :class:`~hetfaas.exceptions.CallCancelled`. False if it already ended or its backend
+        cannot stop it."""
         if self._state == "PENDING" and super().cancel():
             return True
         canceller = self._canceller
