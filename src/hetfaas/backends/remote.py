@@ -22,6 +22,7 @@ from typing import Any
 import cloudpickle
 
 from .._future import Future
+from .._threads import ThreadPools
 from .._invocation import Stamps
 from .._resources import Resources
 from ..exceptions import SerializationError
@@ -30,6 +31,7 @@ from . import errors
 from .contract import complete as settle
 
 _loaded: dict[bytes, Any] = {}  # functions already unpickled in this engine process
+_pools = ThreadPools()  # this engine process's thread pools, sized to each call's cores
 
 
 @dataclass
@@ -113,9 +115,7 @@ def run_payload(payload: Payload) -> Reply:
         args, kwargs = pickle.loads(payload.args)
         if len(sys.modules) != known:  # the arguments imported modules: a cold start's cost
             load_ns += time.time_ns() - t
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.get_num_threads() != payload.cpus:
-            torch.set_num_threads(payload.cpus)
+        _pools.size(payload.cpus)
         start = time.time_ns()
         value = fn(*args, **kwargs)
         end = time.time_ns()

@@ -20,6 +20,7 @@ import weakref
 from typing import Any
 
 from ... import serialize
+from ..._threads import ThreadPools
 from ...shm import AttachCache, Segment, SegmentPool
 from .. import errors
 from . import protocol as P
@@ -46,21 +47,17 @@ class Worker:
         self.attach = AttachCache()
         self.results = SegmentPool(f"r{index}", max_idle_bytes=2 << 30)
         self.cpus: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
-        self.torch_threads: int | None = None  # set once torch is loaded and sized
+        self.pools = ThreadPools()
+        self.n_modules = len(sys.modules)  # libraries are looked up again when this grows
         self.spin_ns = int(float(os.environ.get("HETFAAS_SPIN_US", "0")) * 1000)
 
-    def pin(self, cpus: tuple[int, ...]) -> None:
-        """Own these cores: affinity, and as many OpenMP/torch threads as cores."""
+    def pin(self, cpus: tuple[int, ...], for_call: bool = True) -> None:
+        """Own these cores: affinity, and as many threads as cores in every thread pool
+        (torch's inter-op pool: those of the first call, as it can be sized only once)."""
         if cpus and cpus != self.cpus:
             os.sched_setaffinity(0, cpus)
             self.cpus = cpus
-        n = len(self.cpus)
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            if torch.get_num_threads() != n:
-                torch.set_num_threads(n)
-            self.torch_threads = n
+        self.pools.size(len(self.cpus), interop=for_call)
 
     def run(self) -> None:
         recv, pack, spin = self.conn.recv, struct.pack_into, self.conn.spin
@@ -122,7 +119,8 @@ class Worker:
                 args, kwargs = pickle.loads(data)
             if len(sys.modules) != n_modules:  # unpickling imported modules: a cold start
                 fn_load_ns += time.perf_counter_ns() - t_args
-            if cpus != self.cpus or (self.torch_threads is None and "torch" in sys.modules):
+            if cpus != self.cpus or len(sys.modules) != self.n_modules:
+                self.n_modules = len(sys.modules)
                 self.pin(cpus)
             start_ns = time.perf_counter_ns()
             if capture:
@@ -174,7 +172,7 @@ def main(argv: list[str]) -> int:
         with contextlib.suppress(Exception):
             importlib.import_module(module)
     worker = Worker(conn, index, Segment.attach(control_name))
-    worker.pin(worker.cpus)
+    worker.pin(worker.cpus, for_call=False)
     try:
         ready_ns = time.perf_counter_ns()
         conn.send(pickle.dumps((P.READY, os.getpid(), ready_ns, ready_ns - t0)))
