@@ -22,9 +22,9 @@ from typing import Any
 import cloudpickle
 
 from .._future import Future
-from .._threads import ThreadPools
 from .._invocation import Stamps
 from .._resources import Resources
+from .._threads import ThreadPools
 from ..exceptions import SerializationError
 from ..serialize import dump_function
 from . import errors
