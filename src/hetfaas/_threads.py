@@ -9,6 +9,7 @@ gets the core count of the first call that sizes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -40,18 +41,16 @@ class ThreadPools:
                 torch.set_num_threads(n)
             if interop and not self._interop_done:
                 self._interop_done = True
-                try:
+                # RuntimeError: inter-op work already ran in this process
+                with contextlib.suppress(RuntimeError):
                     torch.set_num_interop_threads(n)
-                except RuntimeError:  # inter-op work already ran in this process
-                    pass
         if modules != self._modules:  # a module imported since may have loaded a library
             self._modules = modules
             self._controller = _controller()
         if self._controller is not None:
-            try:
+            # a library threadpoolctl cannot drive: the env vars are all it gets
+            with contextlib.suppress(Exception):
                 self._controller.limit(limits=n)
-            except Exception:  # a library threadpoolctl cannot drive: env vars are all we have
-                pass
         self.threads = n
 
 
