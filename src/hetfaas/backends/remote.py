@@ -16,6 +16,7 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,6 +48,8 @@ class Payload:
     submitted_ns: int = 0  # wall clock, caller
     pickled_ns: int = 0
     sys_path: tuple[str, ...] = ()  # the caller's, so modules it can import resolve there too
+    timeout_s: float | None = None  # run time allowed from the function's start, for engines
+    # whose job enforces it itself (hetfaas.backends.slurm_job.run_call); None: no limit there
 
     @classmethod
     def build(
@@ -98,8 +101,10 @@ class Reply:
     gpus: str = ""
 
 
-def run_payload(payload: Payload) -> Reply:
-    """Run one call inside an engine's worker process. Never raises: errors travel back."""
+def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None) -> Reply:
+    """Run one call inside an engine's worker process. Never raises: errors travel back.
+    ``on_start(start_ns)`` is called just before the function starts (a watchdog arms there,
+    so that unpickling and imports do not count against the call's ``timeout_s``)."""
     begin = time.time_ns()
     load_ns = start = 0
     sys.path.extend(p for p in payload.sys_path if p not in sys.path)
@@ -117,6 +122,8 @@ def run_payload(payload: Payload) -> Reply:
             load_ns += time.time_ns() - t
         _pools.size(payload.cpus)
         start = time.time_ns()
+        if on_start is not None:
+            on_start(start)
         value = fn(*args, **kwargs)
         end = time.time_ns()
         try:
@@ -133,6 +140,18 @@ def run_payload(payload: Payload) -> Reply:
     return Reply(
         ok, data, begin, start, end, load_ns, _process_start_ns(), os.getpid(),
         os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
+        os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    )  # fmt: skip
+
+
+def error_reply(exc: BaseException, start_ns: int = 0, end_ns: int = 0, tb: str = "") -> Reply:
+    """A reply carrying ``exc`` for a call that the engine's side stopped or lost (a timeout
+    watchdog, a packed call whose worker died): ``start_ns``/``end_ns`` bound its run."""
+    end = end_ns or time.time_ns()
+    start = start_ns or end
+    return Reply(
+        False, errors.encode(exc, tb or None), start, start, end, 0, _process_start_ns(),
+        os.getpid(), os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
         os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     )  # fmt: skip
 

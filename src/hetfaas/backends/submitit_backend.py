@@ -1,21 +1,30 @@
 """Submitit's engines as hetfaas backends: ``"submitit-local"`` and ``"slurm"``.
 
-Each call becomes a Submitit job running :func:`remote.run_payload`; calls dispatched together
-with the same resources go in one ``executor.batch()``, which Slurm runs as a job array.
-Completion is not detected with Submitit's ``result()`` (it sleeps a second between checks):
-one watcher thread looks for each job's result file at an interval that starts at 2 ms and
-grows to 50 ms while nothing happens, and asks the engine for the state of jobs that produced
-no result (cancelled, killed, timed out) once a second.
+Each call becomes a Submitit job running :func:`slurm_job.run_call` (what runs inside a job
+lives in :mod:`hetfaas.backends.slurm_job`); calls dispatched together with the same resources
+go in one ``executor.batch()``, which Slurm runs as a job array. Completion is not detected
+with Submitit's ``result()`` (it sleeps a second between checks): one watcher thread looks for
+each job's result file at an interval that starts at 2 ms and grows to 50 ms while nothing
+happens, and asks the engine for the state of jobs that produced no result (cancelled, killed,
+timed out) every ``_state_every_s``.
+
+Futures are settled through :mod:`hetfaas.backends.contract` only. ``fut.cancel()`` of a
+running call cancels its job (``scancel`` on Slurm, SIGINT then SIGKILL of the local job's
+processes) or, for a call of a packed job whose other calls still run, that call alone inside
+the pack. ``timeout_s`` counts from the function's start in the job (see
+:class:`SubmititBackend`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import pickle
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,12 +46,16 @@ from ..exceptions import (
 )
 from . import errors
 from .base import Backend, CallSpec, Capacity
-from .remote import Payload, Reply, complete, fail, run_payload
+from .contract import attach, start
+from .remote import Payload, Reply, complete, fail
+from .slurm_info import SINFO_COMMAND, ClusterInfo, cluster_capacity, parse_sinfo, summarize
+from .slurm_job import Requeueable, cancel_marker, run_call, run_packed
 
 _ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
           "PREEMPTED", "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "FINISHED", "DONE"}  # fmt: skip
-_STATE_EVERY_S = 1.0
-_GRACE_S = 3.0  # a job the engine says has ended may still be writing its result
+# Room in the engine's time limit, beyond a call's timeout_s, for the job's start-up (a new
+# Python, imports, unpickling) before the watchdog's clock starts.
+_BACKSTOP_S = 60.0
 
 
 def _import_submitit() -> Any:
@@ -55,16 +68,28 @@ def _import_submitit() -> Any:
     return submitit
 
 
-class _Prepared:
-    __slots__ = ("future", "params", "payload", "requeue")
+class _Call:
+    """One call of a Submitit backend: prepared at submit, then tracked to its job."""
+
+    __slots__ = ("cancel_requested", "future", "index", "params", "payload", "pending",
+                 "requeue", "timeout_s")  # fmt: skip
 
     def __init__(
-        self, future: Future, payload: Payload, params: dict[str, Any], requeue: bool
+        self,
+        future: Future,
+        payload: Payload,
+        params: dict[str, Any],
+        requeue: bool,
+        timeout_s: float | None,
     ) -> None:
         self.future = future
         self.payload = payload
         self.params = params
         self.requeue = requeue  # checkpointable: requeued on a timeout or preemption
+        self.timeout_s = timeout_s
+        self.pending: _Pending | None = None  # its job, once submitted
+        self.index = 0  # its place in a packed job
+        self.cancel_requested = False  # cancelled before its job was known
 
 
 class _Pending:
@@ -73,14 +98,19 @@ class _Pending:
     __slots__ = ("ended_at", "futures", "job", "payloads", "requeue", "stream")
 
     def __init__(
-        self, futures: list[Future], payloads: list[Payload], job: Any, requeue: bool = False
+        self,
+        futures: list[Future],
+        payloads: list[Payload],
+        job: Any,
+        requeue: bool = False,
+        stream: Path | None = None,
     ) -> None:
         self.futures = futures
         self.payloads = payloads
         self.job = job
         self.ended_at = 0.0
         self.requeue = requeue
-        self.stream: Path | None = getattr(job, "_hetfaas_stream", None)  # packed: replies
+        self.stream = stream  # packed: the folder its replies are streamed to
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
@@ -93,73 +123,17 @@ class _Pending:
                 fail(f, payload, exc, backend)
 
 
-class Requeueable:
-    """What a job runs for a call whose function has a ``checkpoint`` method (Submitit's
-    ``helpers.Checkpointable`` contract). On a timeout or preemption signal Submitit calls
-    ``checkpoint``: this one asks the user's function -- the very object that is running, with
-    its state so far -- for its own, ``DelayedSubmission(function, *args, **kwargs)`` (or None:
-    no requeue), and Submitit requeues the job with that call in place of the first."""
-
-    def __init__(self) -> None:
-        self.requeued = False
-
-    def __call__(self, payload: Payload) -> Reply:
-        reply = run_payload(payload)
-        if self.requeued:
-            # Submitit leaves by SystemExit once the job is requeued; run_payload caught it
-            # as the call's error. Leave without a result: the requeued job writes it.
-            raise SystemExit(-1)
-        return reply
-
-    def checkpoint(self, payload: Payload) -> Any:
-        from submitit.helpers import DelayedSubmission
-
-        fn = _loaded_function(payload)
-        args, kwargs = pickle.loads(payload.args)
-        delayed = fn.checkpoint(*args, **kwargs)
-        if delayed is None:
-            return None
-        self.requeued = True
-        again = payload.with_call(delayed.function, delayed.args, delayed.kwargs)
-        return DelayedSubmission(Requeueable(), again)
-
-
-def _loaded_function(payload: Payload) -> Any:
-    from . import remote
-
-    fn = remote._loaded.get(payload.digest)
-    return fn if fn is not None else pickle.loads(payload.fn)
-
-
-def run_packed(payloads: list[Payload], cpus: int, stream: str | None = None) -> list[Reply]:
-    """Inside one allocation: run many calls on a warm local pool of ``cpus`` cores. With
-    ``stream`` (a folder the submitter watches), each reply is also written there as soon as
-    its call ends, so the caller has it before the whole pack is done."""
-    import concurrent.futures as cf
-
-    from .._executor import Executor
-
-    have = len(os.sched_getaffinity(0))
-    with Executor("local", cpus=max(1, min(cpus, have))) as ex:
-        futures = [ex.submit(run_payload, p) for p in payloads]
-        if stream:
-            index = {id(f): i for i, f in enumerate(futures)}
-            for f in cf.as_completed(futures):
-                if f.exception() is None:
-                    _write_reply(Path(stream), index[id(f)], f.result())
-        return [f.result() for f in futures]
-
-
-def _write_reply(folder: Path, index: int, reply: Reply) -> None:
-    tmp = folder / f".{index}.tmp"
-    tmp.write_bytes(pickle.dumps(reply, protocol=5))
-    tmp.rename(folder / f"{index}.reply")  # atomic: the watcher never sees half a reply
-
-
 class SubmititBackend(Backend):
-    """The shared part of the Submitit engines; subclasses make the Submitit executor."""
+    """The shared part of the Submitit engines; subclasses make the Submitit executor.
+
+    ``timeout_s`` is enforced by the job itself (:func:`slurm_job.run_call`'s watchdog), from
+    the function's start: the engine's queue, the job's start-up and unpickling do not count.
+    The engine's own time limit stays behind it as a backstop (:meth:`_time_limit`).
+    """
 
     name = "submitit"
+    _state_every_s = 1.0  # how often the engine is asked for the states of jobs
+    _grace_s = 3.0  # a job the engine says has ended may still be writing its result
 
     def __init__(
         self,
@@ -181,6 +155,9 @@ class SubmititBackend(Backend):
         self._streams.mkdir(exist_ok=True)
         self._parameters = parameters
         self._executor = self._make_executor()
+        # Submitit's executor keeps its parameters and its open batch() in itself: an update
+        # and the submits that follow it must not interleave with another thread's.
+        self._submit_lock = threading.Lock()
         self._pending: list[_Pending] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -193,10 +170,15 @@ class SubmititBackend(Backend):
     def _make_executor(self) -> Any:
         raise NotImplementedError
 
+    def _time_limit(self, run_s: float) -> dict[str, Any]:
+        """The engine's time limit for a job whose calls run for up to ``run_s`` seconds: a
+        backstop behind the job's own watchdog, so it is rounded up with a margin."""
+        return {"timeout_min": max(1, math.ceil((run_s + _BACKSTOP_S) / 60))}
+
     def _engine_parameters(self, res: Resources) -> dict[str, Any]:
         params: dict[str, Any] = {"cpus_per_task": res.cpus}
         if res.timeout_s is not None:
-            params["timeout_min"] = max(1, math.ceil(res.timeout_s / 60))
+            params.update(self._time_limit(res.timeout_s))
         if res.memory_mb is not None:
             params["mem_gb"] = res.memory_mb / 1024
         if res.gpus:
@@ -213,66 +195,124 @@ class SubmititBackend(Backend):
         cpus = len(os.sched_getaffinity(0))
         return Capacity(cpus, 0, (), cpus, 0)
 
-    def prepare(self, spec: CallSpec) -> _Prepared:
-        params = self._engine_parameters(spec.resources)  # bad requests fail here, at submit
-        payload = Payload.build(spec.fn, spec.args, spec.kwargs, spec.resources)
+    def prepare(self, spec: CallSpec) -> _Call:
+        res = spec.resources
+        params = self._engine_parameters(res)  # bad requests fail here, at submit
+        payload = Payload.build(spec.fn, spec.args, spec.kwargs, res)
         requeue = callable(getattr(spec.fn, "checkpoint", None))
-        return _Prepared(spec.future, payload, params, requeue)
+        if not requeue:  # a checkpointable call's timeout is the engine's limit (it requeues)
+            payload.timeout_s = res.timeout_s
+        call = _Call(spec.future, payload, params, requeue, res.timeout_s)
+        attach(spec.future, canceller=functools.partial(self._cancel, call))
+        return call
 
     def dispatch(self, prepared: list[Any]) -> None:
         if self._closing:
             raise ExecutorShutdownError("this executor is shut down; it accepts no calls")
-        groups: dict[tuple[Any, ...], list[_Prepared]] = {}
+        groups: dict[tuple[Any, ...], list[_Call]] = {}
         for item in prepared:
-            key = (item.requeue, *sorted(item.params.items()))
+            key = (item.requeue, item.payload.cpus, *sorted(item.params.items()))
             groups.setdefault(key, []).append(item)
         for items in groups.values():
-            live = [it for it in items if it.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            params = {**self._parameters, **live[0].params}
-            if self.pack > 1 and len(live) > 1 and not live[0].requeue:
-                groups_of = [live[i : i + self.pack] for i in range(0, len(live), self.pack)]
-                params["cpus_per_task"] = max(params.get("cpus_per_task", 1), self.pack_cpus)
-            else:
-                groups_of = [[it] for it in live]
-            self._executor.update_parameters(**params)
-            try:
-                with self._executor.batch() if len(groups_of) > 1 else contextlib.nullcontext():
-                    jobs = [self._submit_group(group) for group in groups_of]
-            except Exception as exc:
-                err = EngineError(f"{self.name} refused the submission: {exc}")
-                for it in live:
-                    it.future.set_exception(err)
-                raise err from exc
-            records = []
-            for group, job in zip(groups_of, jobs, strict=True):
-                for it in group:
-                    it.future.engine_id = str(job.job_id)
-                futures, payloads = [it.future for it in group], [it.payload for it in group]
-                records.append(_Pending(futures, payloads, job, group[0].requeue))
-            with self._lock:
-                self._pending += records
-            self._wake.set()
+            live = [it for it in items if start(it.future)]
+            if live:
+                self._submit(live)
 
-    def _submit_group(self, group: list[_Prepared]) -> Any:
-        if len(group) == 1:
-            runner = Requeueable() if group[0].requeue else run_payload
+    def _submit(self, live: list[_Call]) -> None:
+        """Submit calls of equal resources: one job each (a job array), or packs of them."""
+        first = live[0]
+        params = {**self._parameters, **first.params}
+        if self.pack > 1 and len(live) > 1 and not first.requeue:
+            groups_of = [live[i : i + self.pack] for i in range(0, len(live), self.pack)]
+            params["cpus_per_task"] = max(params.get("cpus_per_task", 1), self.pack_cpus)
+            if first.timeout_s is not None:  # a pack's calls share its cores: its limit
+                slots = max(1, self.pack_cpus // max(1, first.payload.cpus))  # covers them all
+                rounds = math.ceil(len(groups_of[0]) / slots)
+                params.update(self._time_limit(rounds * first.timeout_s))
+        else:
+            groups_of = [[it] for it in live]
+        streams = [
+            Path(tempfile.mkdtemp(prefix="pack-", dir=self._streams)) if len(g) > 1 else None
+            for g in groups_of
+        ]
+        try:
+            with self._submit_lock:
+                self._executor.update_parameters(**params)
+                with self._executor.batch() if len(groups_of) > 1 else contextlib.nullcontext():
+                    jobs = [
+                        self._submit_group(g, st) for g, st in zip(groups_of, streams, strict=True)
+                    ]
+        except Exception as exc:
+            err = EngineError(f"{self.name} refused the submission: {exc}")
+            for st in streams:
+                if st is not None:
+                    shutil.rmtree(st, ignore_errors=True)
+            for it in live:
+                fail(it.future, it.payload, err, self.name)
+            raise err from exc
+        records = [
+            _Pending([it.future for it in g], [it.payload for it in g], job, g[0].requeue, st)
+            for g, job, st in zip(groups_of, jobs, streams, strict=True)
+        ]
+        late = []
+        with self._lock:
+            for rec, group in zip(records, groups_of, strict=True):
+                for i, it in enumerate(group):
+                    it.future.engine_id = str(rec.job.job_id)
+                    it.pending, it.index = rec, i
+                    if it.cancel_requested:
+                        late.append(it)
+            self._pending += records
+        for it in late:  # cancelled while being submitted
+            self._stop(it)
+        self._wake.set()
+
+    def _submit_group(self, group: list[_Call], stream: Path | None) -> Any:
+        if stream is None:
+            runner = Requeueable() if group[0].requeue else run_call
             return self._executor.submit(runner, group[0].payload)
-        stream = Path(tempfile.mkdtemp(prefix="pack-", dir=self._streams))
-        job = self._executor.submit(
+        return self._executor.submit(
             run_packed, [it.payload for it in group], self.pack_cpus, str(stream)
         )
-        job._hetfaas_stream = stream
-        return job
+
+    # -------------------------------------------------------------- cancel
+
+    def _cancel(self, call: _Call, fut: Future) -> bool:
+        """The future's canceller (a running call): stop its job, or its place in a pack."""
+        with self._lock:
+            if call.pending is None:  # its job is being submitted: stopped once it is known
+                call.cancel_requested = True
+                return True
+        return self._stop(call)
+
+    def _stop(self, call: _Call) -> bool:
+        p = call.pending
+        assert p is not None
+        if p.stream is not None:
+            others = [f for f in p.futures if f is not call.future and not f.done()]
+            if others:  # the pack's other calls go on: the job cancels this one alone
+                try:
+                    cancel_marker(p.stream, call.index)
+                except OSError:  # the pack has ended
+                    return False
+                return True
+        return self._cancel_job(p)
+
+    def _cancel_job(self, p: _Pending) -> bool:
+        try:
+            p.job.cancel(check=True)  # scancel on Slurm; SIGINT to the local job's controller
+        except Exception:
+            return False
+        return True
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._closing = True
         if cancel_futures:
             with self._lock:
-                for p in self._pending:
-                    with contextlib.suppress(Exception):
-                        p.job.cancel(check=False)
+                pending = list(self._pending)
+            for p in pending:
+                with contextlib.suppress(Exception):
+                    self._cancel_job(p)
         if wait:
             while True:
                 with self._lock:
@@ -297,17 +337,19 @@ class SubmititBackend(Backend):
                 self._wake.clear()
                 interval = 0.002
                 continue
-            finished = [p for p in pending if p.job.paths.result_pickle.exists()]
+            finished = [p for p in pending if not p.done() and p.job.paths.result_pickle.exists()]
             for p in finished:
                 self._settle(p)
             streamed = sum(self._drain(p) for p in pending if p.stream and p not in finished)
             now = time.monotonic()
-            if now - last_states >= _STATE_EVERY_S:
+            if now - last_states >= self._state_every_s:
                 last_states = now
-                for p in pending:
-                    if p not in finished:
-                        self._check_state(p, now)
-                requeueable = [p for p in pending if p.requeue and p not in finished]
+                running = [p for p in pending if p not in finished and not p.done()]
+                if running:
+                    self._refresh_states(running)
+                for p in running:
+                    self._check_state(p, now)
+                requeueable = [p for p in running if p.requeue]
                 if requeueable:
                     self._release_requeued(requeueable)
             with self._lock:
@@ -354,7 +396,7 @@ class SubmititBackend(Backend):
         replies = value if isinstance(value, list) else [value]
         if outcome == "success" and len(replies) == len(p.futures):
             for fut, payload, reply in zip(p.futures, p.payloads, replies, strict=True):
-                if fut.done():  # its reply was streamed
+                if fut.done():  # its reply was streamed, or it was cancelled
                     continue
                 state = _interrupted(reply)
                 if state:  # Submitit's signal handler stopped the function: the engine's doing
@@ -370,6 +412,9 @@ class SubmititBackend(Backend):
                 state = "TIMEOUT"
             p.fail(_job_error(p, state, f"failed in the engine:\n{value}"), self.name)
 
+    def _refresh_states(self, pending: list[_Pending]) -> None:
+        """Hook: bring the engine's job states up to date (engine specific)."""
+
     def _release_requeued(self, pending: list[_Pending]) -> None:
         """Hook: let requeued jobs of checkpointable calls run again (engine specific)."""
 
@@ -384,7 +429,7 @@ class SubmititBackend(Backend):
         if not p.ended_at:
             p.ended_at = now
             return
-        if now - p.ended_at < _GRACE_S or p.job.paths.result_pickle.exists():
+        if now - p.ended_at < self._grace_s or p.job.paths.result_pickle.exists():
             return
         p.fail(_job_error(p, state, "ended without a result"), self.name)
 
@@ -418,12 +463,39 @@ def _tail(job: Any, lines: int = 20) -> str:
 
 
 class SubmititLocalBackend(SubmititBackend):
-    """Submitit's ``LocalExecutor``: each call a job in a new local process."""
+    """Submitit's ``LocalExecutor``: each call a job in a new local process.
+
+    ``timeout_s``: the job's watchdog stops the call at ``timeout_s`` after the function
+    started (millisecond precision; the caller sees it within the watcher's 50 ms poll). The
+    backstop is Submitit's local controller: its signal ``timeout_s + 50`` s and its kill
+    ``timeout_s + 60`` s after the job's process started.
+    """
 
     name = "submitit-local"
+    _state_every_s = 0.25  # a local job's state is its process's: no engine to ask
+    _grace_s = 0.5
 
     def _make_executor(self) -> Any:
         return self._submitit.LocalExecutor(folder=self.folder)
+
+    def _cancel_job(self, p: _Pending) -> bool:
+        """SIGKILL the job's task processes (its controller then ends by itself, as after any
+        task's end). Submitit's own cancel, SIGINT to the controller, is the fallback for a job
+        whose task has not started: its tasks get SIGINT, then SIGKILL a second later."""
+        try:
+            tasks = _children(int(p.job.job_id))  # a local job's id is its controller's pid
+        except (ValueError, OSError):
+            tasks = []
+        for pid in tasks:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return True if tasks else super()._cancel_job(p)
+
+    def _time_limit(self, run_s: float) -> dict[str, Any]:
+        # Submitit's local controller counts whole seconds, int(60 * timeout_min) (the half
+        # second keeps float rounding from taking one off), and signals signal_delay_s early
+        seconds = math.ceil(run_s) + int(_BACKSTOP_S)
+        return {"timeout_min": (seconds + 0.5) / 60, "signal_delay_s": 10}
 
     def _engine_parameters(self, res: Resources) -> dict[str, Any]:
         params = super()._engine_parameters(res)
@@ -441,8 +513,16 @@ class SlurmBackend(SubmititBackend):
     ``release_requeued`` (see :meth:`_release_requeued`), and any ``slurm_*`` parameter of
     Submitit (e.g. ``slurm_additional_parameters``, ``slurm_max_num_timeout``: how many times
     a checkpointable call is requeued after a time limit, default 3).
-    ``timeout_s`` becomes a time limit in whole minutes (Slurm's unit) with room for Slurm's
-    early pre-limit signal: the call is stopped after ``timeout_s``, within about a minute.
+
+    ``timeout_s``: the job's watchdog stops the call ``timeout_s`` after the function started
+    (the queue, the job's start and unpickling not counted; millisecond precision in the job,
+    seen by the caller within the watcher's 50 ms poll) and the caller raises ``CallTimeout``.
+    Slurm's ``--time`` is the backstop, in whole minutes (Slurm's unit) with room for the job's
+    start-up and for Slurm's pre-limit signal, which may come up to a minute early:
+    ``ceil((timeout_s + slurm_signal_delay_s + 60 + 60) / 60)`` minutes. A call whose job hits
+    that limit raises ``JobTimeout`` (a ``CallTimeout``). A checkpointable call has no watchdog:
+    its ``timeout_s`` is that time limit, at which Submitit checkpoints and requeues it. Packed
+    calls are timed by the pack's local pool, from each call's start.
     """
 
     name = "slurm"
@@ -465,21 +545,30 @@ class SlurmBackend(SubmititBackend):
         # short calls (limits count in whole minutes) long before their timeout_s.
         parameters.setdefault("slurm_signal_delay_s", 10)
         self._signal_delay_s = float(parameters["slurm_signal_delay_s"])
+        self._last_refresh = 0.0
         super().__init__(folder, pack, pack_cpus, **parameters)
 
-    def _engine_parameters(self, res: Resources) -> dict[str, Any]:
-        params = super()._engine_parameters(res)
-        if res.timeout_s is not None:
-            # Slurm may send the pre-limit signal up to 60 s early (its event resolution):
-            # leave room so that a call is never stopped before its own timeout_s.
-            params["timeout_min"] = math.ceil((res.timeout_s + self._signal_delay_s + 60) / 60)
-        return params
+    def _time_limit(self, run_s: float) -> dict[str, Any]:
+        # Slurm may send the pre-limit signal up to 60 s early (its event resolution): leave
+        # room so that the backstop never stops a call before its own timeout_s.
+        return {"timeout_min": math.ceil((run_s + self._signal_delay_s + 60 + _BACKSTOP_S) / 60)}
 
     def _make_executor(self) -> Any:
         # Jobs start through slurm_entry (Submitit's runner without its one-second wait for
         # the call's pickle) unless the user gave a python command of their own.
         python = self._python or f"{shlex.quote(sys.executable)} -u -m hetfaas.backends.slurm_entry"
         return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm", slurm_python=python)
+
+    def _refresh_states(self, pending: list[_Pending]) -> None:
+        """Ask Slurm (one ``sacct`` for all jobs) at least every 2 s: Submitit's own watcher
+        asks less and less often as jobs age (up to every 10 minutes), so a job cancelled or
+        killed from outside would be seen late."""
+        now = time.monotonic()
+        if now - self._last_refresh < _REFRESH_S:
+            return
+        self._last_refresh = now
+        with contextlib.suppress(Exception):
+            pending[0].job.get_info(mode="force")
 
     def _release_requeued(self, pending: list[_Pending]) -> None:
         """Slurm holds a requeued batch job for about two minutes (pending, reason BeginTime)
@@ -494,13 +583,25 @@ class SlurmBackend(SubmititBackend):
                 if state == "PENDING" and reason == "BeginTime":
                     _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
 
+    def cluster(self) -> ClusterInfo:
+        """Every node ``sinfo`` lists, the usable ones summed, and the most one node has."""
+        return summarize(parse_sinfo(_run(list(SINFO_COMMAND))))
+
     def capacity(self) -> Capacity:
-        out = _run(["sinfo", "-h", "-o", "%c %G %m"]).split()
-        cpus = int(out[0]) if out and out[0].isdigit() else 0
-        gres = out[1] if len(out) > 1 else ""
-        gpus = int(gres.rsplit(":", 1)[-1]) if gres.startswith("gpu:") else 0
-        mem = int(out[2]) if len(out) > 2 and out[2].isdigit() else 0
-        return Capacity(cpus, gpus, (), cpus, mem)
+        """Cores, GPUs (GRES ``gpu`` of any type) and memory summed over the usable nodes."""
+        return cluster_capacity(_run(list(SINFO_COMMAND)))
+
+
+_REFRESH_S = 2.0
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
 
 
 def _run(cmd: list[str]) -> str:
