@@ -1,4 +1,4 @@
-"""``hetfaas``: the command line. ``hetfaas bench bmm|overhead|collectives|kmeans|inference``,
+"""``hetfaas``: the command line. ``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos``,
 ``hetfaas rendezvous``, ``hetfaas info``."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ _BENCHES = {
     "collectives": ("hetfaas.bench.collectives", "collectives: channels vs raw TCP/Redis/S3/MPI"),
     "kmeans": ("hetfaas.bench.kmeans", "LambdaML-style k-means with an allreduce per epoch"),
     "inference": ("hetfaas.bench.inference", "GPU inference scheduling: LB, LALB, O3 (seed 004)"),
+    "chaos": ("hetfaas.bench.chaos", "calls while workers are killed at random: none lost"),
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import logging
 import os
 import pickle
 import select
@@ -38,6 +39,7 @@ from ..._future import Future
 from ..._invocation import Stamps
 from ..._resources import Resources
 from ...exceptions import (
+    CallCancelled,
     ConfigurationError,
     ExecutorShutdownError,
     ResourceError,
@@ -48,6 +50,8 @@ from .. import errors
 from ..base import Backend, CallSpec, Capacity
 from ..contract import attach, complete
 from . import protocol as P
+from .faults import give_up_starting, split_dead_calls
+from .forkserver import ForkedProcess, ForkServer
 from .gpus import detect_gpus
 from .placement import impossible, place
 from .records import (
@@ -62,9 +66,13 @@ from .records import (
 )
 
 _READER = "reader-thread"
+_log = logging.getLogger(__name__)
 MAX_CHUNK = 512
 BATCH_NS = 2_000_000
 READER_NAP_S = 0.05  # the background reader steps in this long after the last waiter left
+CANCEL_GRACE_NS = 1_000_000_000  # a cancelled call not back this long after SIGUSR1 (stuck in
+# C code that never checks for signals): its worker is killed
+TIMER_POLL_NS = 2_000_000  # how often a timed call that has not begun is looked at again
 _live_pools: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 
 
@@ -77,6 +85,9 @@ class LocalBackend(Backend):
     workers retire after this; default 300), ``capture_output`` (keep each call's stdout and
     stderr on its future instead of printing them), ``preload`` (modules a new worker
     imports while it cold-starts; default: torch/numpy when the caller has imported them),
+    ``start_method`` (``"forkserver"``, the default: workers are forked by a server process
+    that imported hetfaas and the preloads once, in milliseconds; ``"spawn"``: a new
+    interpreter per worker),
     ``spin_us`` (how long a worker that just replied, and a caller that waits, poll before
     they sleep; waking a sleeping CPU costs more than a small call on a VM; 0 turns it off).
     """
@@ -93,6 +104,7 @@ class LocalBackend(Backend):
         capture_output: bool = False,
         preload: list[str] | None = None,
         spin_us: float = 100.0,
+        start_method: str = "forkserver",
     ) -> None:
         affinity = sorted(os.sched_getaffinity(0))
         if cpus is None:
@@ -118,6 +130,12 @@ class LocalBackend(Backend):
             raise ConfigurationError(f"spin_us must be >= 0, got {spin_us}")
         self.spin_ns = int(spin_us * 1000)
         self.preload = preload
+        if start_method not in ("forkserver", "spawn"):
+            raise ConfigurationError(
+                f"start_method must be 'forkserver' or 'spawn', got {start_method!r}"
+            )
+        self.start_method = start_method
+        self._servers: dict[tuple[str, ...], ForkServer] = {}
         self._free_cpus = set(self.cores)
         self._gpu_free = dict.fromkeys(self.gpu_ids, 1.0)
         self._mem_free = self.memory_mb
@@ -129,12 +147,17 @@ class LocalBackend(Backend):
         self._lock = threading.RLock()
         self._closing = False
         self._closed = False
+        self._gave_up = False
         self._args = SegmentPool(
             "a", max_idle_bytes=min(4 << 30, (total_mb << 20) // 10), on_drop=self._unmap_everywhere
         )
         self._attach = AttachCache()
-        self._control = Segment.create(segment_name("c"), 4096)
-        self._max_index = 4096 // P.CONTROL_SLOT
+        self._max_index = self.max_workers
+        size = -(-self.max_workers * P.CONTROL_SLOT // 4096) * 4096
+        self._control = Segment.create(segment_name("c"), size)
+        self._start_exits = self._start_kills = 0  # workers that died before ready, in a row
+        self.deaths = 0
+        self.replacement_ns: deque[int] = deque(maxlen=10_000)  # death seen -> replacement ready
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._poller.register(self._wake_r, select.POLLIN)
@@ -189,6 +212,7 @@ class LocalBackend(Backend):
             if self._parked:
                 self._parked = False
                 self._unpark.set()
+                self._poke()
 
     def warmup(self, n: int, resources: Resources) -> None:
         """Start workers for ``resources`` until ``n`` exist, and wait until they are ready."""
@@ -225,7 +249,39 @@ class LocalBackend(Backend):
             raise WorkerDied(f"{len(dead)} worker(s) died while starting")
 
     def _cancel_running(self, fut: Future) -> bool:
+        """Canceller hook: stop ``fut``'s call. One the pool had queued again after a death is
+        dropped; one a worker holds is skipped if it has not begun, or interrupted (SIGUSR1,
+        then SIGKILL after ``CANCEL_GRACE_NS`` if the function does not return)."""
+        with self._lock:
+            for q in self._queues.values():
+                for call in q:
+                    if call.future is fut:
+                        q.remove(call)
+                        self._release_args(call, ())
+                        return True
+            for w in self._workers.values():
+                for call in w.inflight:
+                    if call.future is fut:
+                        return self._interrupt(w, call)
         return False
+
+    def _interrupt(self, w: WorkerHandle, call: CallRecord) -> bool:
+        if w.state == DEAD:
+            return False
+        slot = w.index * P.CONTROL_SLOT
+        struct.pack_into("<q", self._control.mmap, slot + 16, call.future.seq)
+        call.cancelled = True
+        if struct.unpack_from("<q", self._control.mmap, slot)[0] == call.future.seq:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGUSR1)
+            w.kill_at = time.perf_counter_ns() + CANCEL_GRACE_NS
+            self._poke()
+        return True
+
+    def worker_pids(self) -> list[int]:
+        """The pids of this pool's worker processes (starting ones included)."""
+        with self._lock:
+            return [w.pid for w in self._workers.values() if w.state != DEAD]
 
     def cancel_pending(self) -> None:
         with self._lock:
@@ -271,6 +327,9 @@ class LocalBackend(Backend):
                 for call in w.inflight:
                     self._fail(call, WorkerDied("executor shut down while the call ran"))
             self.cancel_pending()
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
         self._args.close()
         self._control.unlink()
         for fd in (self._wake_r, self._wake_w):
@@ -325,7 +384,11 @@ class LocalBackend(Backend):
             candidates.sort(key=lambda w: (w.state != IDLE, w.index))
             worker = candidates[0]
         elif len(self._workers) < self.max_workers or self._evict_idle(gpus):
-            worker = self._spawn(gpus)
+            try:
+                worker = self._spawn(gpus)
+            except OSError as exc:  # fork/exec failed (out of processes or memory): retried
+                _log.warning("hetfaas: cannot start a worker now: %s", exc)
+                return None
         if worker is None:
             return None
         placement = place(res, self._free_cpus, self._gpu_free, self._mem_free, worker.cpus)
@@ -399,8 +462,9 @@ class LocalBackend(Backend):
         t = time.perf_counter_ns()
         for call in sent:
             call.t_disp = t
-        if timeout_s is not None:
-            w.deadline = t + int(timeout_s * 1e9)
+        if timeout_s is not None:  # run time: counted from the start the worker writes
+            w.timeout_ns = int(timeout_s * 1e9)
+            w.timed_seq = sent[0].future.seq
         with contextlib.suppress(OSError):  # a dead worker is seen and settled by the reader
             w.conn.send(data)
 
@@ -413,7 +477,7 @@ class LocalBackend(Backend):
         w.gpu_share = 0.0
         self._mem_free += w.memory_mb
         w.memory_mb = 0
-        w.deadline = 0
+        w.timeout_ns = w.timed_seq = w.kill_at = 0
         if w.state != DEAD:
             w.state = IDLE
             w.idle_since = time.perf_counter_ns()
@@ -437,26 +501,33 @@ class LocalBackend(Backend):
         # Start pinned to a core no other worker sits on, so that workers spread out.
         taken = {c for other in self._workers.values() for c in other.cpus}
         w.cpus = (next((c for c in self.cores if c not in taken), self.cores[0]),)
-        parent, child = socket.socketpair()
-        env = dict(os.environ)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_tokens[d] for d in gpus)
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
-        env["HETFAAS_SPIN_US"] = str(self.spin_ns / 1000)
-        paths = [p or os.getcwd() for p in sys.path]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        w.spawn_ns = time.perf_counter_ns()
+        own = {
+            "CUDA_VISIBLE_DEVICES": ",".join(self._gpu_tokens[d] for d in gpus),
+            "HETFAAS_SPIN_US": str(self.spin_ns / 1000),
+        }
         preload = self.preload
         if preload is None:
             preload = [m for m in ("numpy", "torch") if m in sys.modules]
-        w.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "hetfaas.backends.local.worker",
-                str(child.fileno()), str(index), self._control.name, ",".join(preload),
-                str(w.cpus[0]),
-            ],
-            pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        child.close()
+        parent, child = socket.socketpair()
+        try:
+            if self.start_method == "forkserver":
+                w.proc = self._fork(index, w.cpus[0], own, child.fileno(), tuple(preload))
+            else:
+                w.proc = subprocess.Popen(
+                    [
+                        sys.executable, "-m", "hetfaas.backends.local.worker",
+                        str(child.fileno()), str(index), self._control.name,
+                        ",".join(preload), str(w.cpus[0]),
+                    ],
+                    pass_fds=(child.fileno(),), env={**self._base_env(), **own},
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         w.conn = P.Channel(parent.detach())
         w.fd = w.conn.fd
         w.pid = w.proc.pid
@@ -468,6 +539,34 @@ class LocalBackend(Backend):
             self._parked = False
             self._unpark.set()
         return w
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"  # sized per call in the worker
+        paths = [p or os.getcwd() for p in sys.path]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        return env
+
+    def _fork(
+        self, index: int, cpu: int, env: dict[str, str], fd: int, preload: tuple[str, ...]
+    ) -> ForkedProcess:
+        """A worker forked by this pool's fork server for ``preload`` (started on first use,
+        and again if it died)."""
+        for attempt in range(2):
+            server = self._servers.get(preload)
+            if server is None or not server.alive():
+                if server is not None:
+                    server.close()
+                server = ForkServer(self._control.name, self._base_env(), list(preload))
+                self._servers[preload] = server
+            try:
+                return server.fork(index, cpu, env, fd)
+            except OSError:
+                if attempt:
+                    raise
+                server.close()
+                self._servers.pop(preload, None)
+        raise AssertionError("unreachable")
 
     def _stop_worker(self, w: WorkerHandle) -> None:
         if w.state == DEAD:
@@ -505,32 +604,54 @@ class LocalBackend(Backend):
         CPU, so it parks while nothing is in flight and naps while callers read themselves.
         """
         while True:
-            if self._closed and not self._by_fd:
-                return
-            with self._lock:
-                idle = not any(self._queues.values()) and not any(
-                    w.inflight or w.state == STARTING for w in self._workers.values()
-                )
-                self._parked = idle and not self._closed
-                timer = self._next_timer()  # keep-alive of idle workers
-            if self._parked:
+            try:
+                if self._read_step():
+                    return
+            except Exception:  # never let delivery stop: every accepted call must end
+                _log.exception("hetfaas: the local pool's reader thread hit an error")
+                time.sleep(0.01)
+
+    def _read_step(self) -> bool:
+        """One round of the reader thread; True when the pool is closed and drained."""
+        if self._closed and not self._by_fd:
+            return True
+        with self._lock:
+            idle = not any(self._queues.values()) and not any(
+                w.inflight or w.state == STARTING for w in self._workers.values()
+            )
+            self._parked = idle and not self._closed
+            timer = self._next_timer()  # keep-alive of idle workers
+        if self._parked:
+            # Nothing in flight: still watch the sockets (an idle worker that dies is
+            # replaced now, not when the next call finds it dead), holding the read role
+            # as when active; a waiter or a dispatch pokes it awake.
+            if self._role.acquire(blocking=False):
+                try:
+                    self._role_owner = _READER
+                    self._unpark.clear()
+                    self._poll_once(timer)
+                finally:
+                    self._role_owner = None
+                    self._role.release()
+            else:
                 self._unpark.wait(timer)
                 self._unpark.clear()
-                self._check_timers()
-                continue
-            if self._waiting or time.monotonic() - self._last_wait < READER_NAP_S:
-                time.sleep(READER_NAP_S)
-                continue
-            if not self._role.acquire(blocking=False):
-                time.sleep(0.001)
-                continue
-            try:
-                if not self._waiting:
-                    self._role_owner = _READER
-                    self._poll_once(None)
-            finally:
-                self._role_owner = None
-                self._role.release()
+            self._check_timers()
+            return False
+        if self._waiting or time.monotonic() - self._last_wait < READER_NAP_S:
+            time.sleep(READER_NAP_S)
+            return False
+        if not self._role.acquire(blocking=False):
+            time.sleep(0.001)
+            return False
+        try:
+            if not self._waiting:
+                self._role_owner = _READER
+                self._poll_once(None)
+        finally:
+            self._role_owner = None
+            self._role.release()
+        return False
 
     def _wait_for(self, fut: Future, deadline: float | None) -> None:
         """Waiter hook: the thread waiting on ``fut`` reads replies itself (leader/follower),
@@ -598,39 +719,69 @@ class LocalBackend(Backend):
                     self._on_ready(w, msg)
         self._check_timers()
 
+    def _deadline(self, w: WorkerHandle, now: int) -> int:
+        """When ``w`` must be killed (0: never): its timed call's start + timeout_s, or a
+        cancelled call's grace. A timed call that has not begun is looked at again soon."""
+        due = w.kill_at
+        if w.timeout_ns:
+            slot = w.index * P.CONTROL_SLOT
+            seq, start = struct.unpack_from("<qq", self._control.mmap, slot)
+            t = start + w.timeout_ns if seq == w.timed_seq and start else now + TIMER_POLL_NS
+            due = min(due, t) if due else t
+        return due
+
     def _next_timer(self) -> float | None:
         now = time.perf_counter_ns()
         due = []
         for w in self._workers.values():
-            if w.deadline:
-                due.append(w.deadline)
+            if w.timeout_ns or w.kill_at:
+                due.append(self._deadline(w, now))
             elif w.state == IDLE and self.keep_alive_ns:
                 due.append(w.idle_since + self.keep_alive_ns)
+        if self._stalled():
+            due.append(now + TIMER_POLL_NS)
         if not due:
             return None
         return max(0.0, (min(due) - now) / 1e9) + 0.001
+
+    def _stalled(self) -> bool:
+        """Calls wait but nothing is running or starting that would ever drain them."""
+        return (
+            not self._closing
+            and any(self._queues.values())
+            and not any(w.inflight or w.state == STARTING for w in self._workers.values())
+        )
 
     def _check_timers(self) -> None:
         now = time.perf_counter_ns()
         with self._lock:
             for w in list(self._workers.values()):
-                if w.deadline and now >= w.deadline and not w.timed_out:
-                    w.timed_out = True
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(w.pid, signal.SIGKILL)
+                if (w.timeout_ns or w.kill_at) and not w.killed:
+                    due = self._deadline(w, now)
+                    if now >= due:
+                        w.killed = True
+                        w.timed_out = bool(w.timeout_ns) and not w.kill_at
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(w.pid, signal.SIGKILL)
                 elif w.state == IDLE and now - w.idle_since >= self.keep_alive_ns:
                     self._stop_worker(w)
-                    threading.Thread(target=w.proc.wait, daemon=True).start()
+                    if isinstance(w.proc, subprocess.Popen):  # a fork server reaps its own
+                        threading.Thread(target=w.proc.wait, daemon=True).start()
+            if self._stalled():  # a safety net: never leave accepted calls without a worker
+                self._drain()
 
     def _on_ready(self, w: WorkerHandle, msg: tuple[Any, ...]) -> None:
         with self._lock:
             w.ready_ns = msg[2]
+            self._start_exits = self._start_kills = 0
+            if w.replaces_ns:
+                self.replacement_ns.append(time.perf_counter_ns() - w.replaces_ns)
             if w.state != STARTING:
                 return
             if w.inflight:
                 now = time.perf_counter_ns()
                 for call in w.inflight:
-                    call.cold_ns = now - call.t_bind
+                    call.cold_ns = now - min(call.t_bind, max(w.spawn_ns, call.t_submit))
                 w.state = BUSY
                 self._send(w, list(w.inflight))
             else:
@@ -644,6 +795,8 @@ class LocalBackend(Backend):
             for reply in replies:
                 call = w.inflight.popleft()
                 done.append((call, reply))
+                if call.cancelled:
+                    w.kill_at = 0
             if not w.inflight:
                 self._finish_worker(w)
                 self._drain()  # hand the freed worker its next calls before delivering these
@@ -663,8 +816,10 @@ class LocalBackend(Backend):
             if status == P.VALUE:
                 track = self._track(w) if descs else None
                 value = serialize.loads(data, descs, self._attach, track)
-            else:
+            elif status == P.EXCEPTION:
                 exc = errors.decode(data, fut.invocation_id)
+            else:
+                exc = CallCancelled(f"call {fut.invocation_id} was cancelled", fut.invocation_id)
         except Exception as e:  # a result the caller cannot unpickle
             exc = e
         t_done = time.perf_counter_ns()
@@ -700,58 +855,62 @@ class LocalBackend(Backend):
             fut.set_exception(exc)
 
     def _on_death(self, w: WorkerHandle) -> None:
+        """``w``'s socket closed: settle its calls (see :mod:`.faults`), start another."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             w.proc.wait(timeout=5)
         code = w.proc.poll()
         with self._lock:
-            was_closing = w.state == DEAD
-            running_seq = struct.unpack_from("<q", self._control.mmap, w.index * P.CONTROL_SLOT)[0]
-            struct.pack_into("<qq", self._control.mmap, w.index * P.CONTROL_SLOT, 0, 0)
+            stopped = w.state == DEAD  # the pool told it to exit
+            slot = w.index * P.CONTROL_SLOT
+            running_seq = struct.unpack_from("<q", self._control.mmap, slot)[0]
+            self._control.mmap[slot : slot + P.CONTROL_SLOT] = bytes(P.CONTROL_SLOT)
             calls = list(w.inflight)
             w.inflight.clear()
             w.state = DEAD
             self._finish_worker(w)
             self._forget_worker(w)
             sweep(f"hetfaas-{w.pid}-")
-            if not w.ready_ns:  # it never started: do not retry forever
-                for call in calls:
-                    self._fail(
-                        call,
-                        WorkerDied(
-                            f"a worker failed to start (exit code {code}) before running call "
-                            f"{call.future.invocation_id}; see its stderr above",
-                            call.future.invocation_id,
-                            code,
-                        ),
-                    )
-                return
-            culprit = next((c for c in calls if c.future.seq == running_seq), None)
-            if culprit is None and calls and calls[0].started:
-                culprit = calls[0]
-            requeue = []
-            seen_culprit = False
-            for call in calls:
-                if call is culprit:
-                    seen_culprit = True
-                    self._fail(call, death_error(w, call, code))
-                elif not seen_culprit and culprit is not None:
-                    self._fail(
-                        call,
-                        WorkerDied(
-                            f"worker {w.index} (pid {w.pid}) finished call {call.future.invocation_id}"
-                            " but died before returning its result",
-                            call.future.invocation_id,
-                            code,
-                        ),
-                    )
+            if not stopped:
+                self.deaths += 1
+            if not w.ready_ns:  # died starting: no call began
+                if code is not None and code < 0:
+                    self._start_kills += 1
                 else:
-                    requeue.append(call)
-            for call in reversed(requeue):
+                    self._start_exits += 1
+                if give_up_starting(self._start_exits, self._start_kills):
+                    self._give_up(calls, code)
+                    calls = []
+                split = split_dead_calls(calls, [], 0)
+            else:
+                split = split_dead_calls(calls, [c.future.seq for c in calls], running_seq)
+            for call in split.finished:
+                iid = call.future.invocation_id
+                self._fail(call, WorkerDied(
+                    f"worker {w.index} (pid {w.pid}) finished call {iid} but died before "
+                    "returning its result", iid, code))  # fmt: skip
+            if split.running is not None:
+                self._fail(split.running, death_error(w, split.running, code))
+            for call in reversed(split.requeue):
                 self._queues[call.resources.gpus > 0].appendleft(call)
-            if not self._closing and not was_closing:
-                if len(self._workers) < self.max_workers:
-                    self._spawn(w.gpus)  # keep the pool as warm as it was
+            if not self._closing and not stopped:
+                if len(self._workers) < self.max_workers and not self._gave_up:
+                    with contextlib.suppress(OSError):  # no process to be had: _drain retries
+                        self._spawn(w.gpus).replaces_ns = time.perf_counter_ns()
+                self._gave_up = False
                 self._drain()
+
+    def _give_up(self, calls: list[CallRecord], code: int | None) -> None:
+        """Workers keep dying before they are ready: fail the calls that wait for one."""
+        self._start_exits = self._start_kills = 0
+        self._gave_up = True
+        waiting = calls + [c for q in self._queues.values() for c in q]
+        for q in self._queues.values():
+            q.clear()
+        for call in waiting:
+            iid = call.future.invocation_id
+            self._fail(call, WorkerDied(
+                f"call {iid}: the pool's workers keep dying before they are ready (last exit "
+                f"code {code}); see their stderr above", iid, code))  # fmt: skip
 
 
 @atexit.register

@@ -10,9 +10,13 @@ worker -> caller
     (RESULTS, [reply, ...])          reply = (seq, status, data, descs, deser_ns, start_ns,
                                      end_ns, fn_load_ns, stdout, stderr, retained, recv_ns)
 
-``status`` is VALUE or EXCEPTION (data: what ``hetfaas.backends.errors.encode`` made).
-A worker also writes (seq, start_ns) of the call it is running into its slot of the pool's
-control segment, so the caller knows which call a dead worker was running.
+``status`` is VALUE, EXCEPTION (data: what ``hetfaas.backends.errors.encode`` made) or
+CANCELLED (the call was cancelled: interrupted, or skipped before it began).
+
+Each worker has a slot of CONTROL_SLOT bytes in the pool's control segment: int64 seq of the
+call it runs (0 between messages), int64 start_ns (0 until the function itself starts: the
+run-time clock of ``timeout_s``), int64 cancel_seq (written by the caller: the call to skip
+or, with SIGUSR1, to interrupt). So the caller knows which call a dead worker was running.
 """
 
 import os
@@ -27,8 +31,9 @@ RESULTS = 4
 
 VALUE = 0
 EXCEPTION = 1
+CANCELLED = 2
 
-CONTROL_SLOT = 16  # bytes per worker in the control segment: int64 seq, int64 start_ns
+CONTROL_SLOT = 32  # bytes per worker in the control segment (see above)
 
 
 _HEADER = struct.Struct("!Q")

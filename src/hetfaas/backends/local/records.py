@@ -7,7 +7,7 @@ import signal
 import weakref
 from collections import deque
 
-from ...exceptions import CallTimeout, WorkerDied
+from ...exceptions import CallCancelled, CallTimeout, WorkerDied
 
 STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
 
@@ -16,13 +16,14 @@ class CallRecord:
     """One call from submit to its result."""
 
     __slots__ = (
-        "capture", "cold_ns", "data", "descs", "digest", "fn_name", "future", "leases",
+        "cancelled", "capture", "cold_ns", "data", "descs", "digest", "fn_name", "future", "leases",
         "payload", "resources", "started", "t_bind", "t_disp", "t_ser", "t_submit",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.cold_ns = 0
         self.started = False
+        self.cancelled = False
 
 
 class WorkerHandle:
@@ -32,21 +33,26 @@ class WorkerHandle:
         "__weakref__",
         "conn",
         "cpus",
-        "deadline",
         "fd",
         "gpu_share",
         "gpus",
         "idle_since",
         "index",
         "inflight",
+        "kill_at",
+        "killed",
         "memory_mb",
         "pid",
         "proc",
         "ready_ns",
         "releases",
+        "replaces_ns",
         "shipped",
+        "spawn_ns",
         "state",
         "timed_out",
+        "timed_seq",
+        "timeout_ns",
     )  # fmt: skip
 
     def __init__(self, index: int, gpus: tuple[int, ...]) -> None:
@@ -59,8 +65,13 @@ class WorkerHandle:
         self.inflight: deque[CallRecord] = deque()
         self.shipped: set[bytes] = set()
         self.releases: deque[str] = deque()
-        self.deadline = 0
+        self.timeout_ns = 0  # the timeout_s of the timed call it runs, and that call's seq
+        self.timed_seq = 0
+        self.kill_at = 0  # a cancelled call's grace ends
+        self.killed = False  # the pool sent SIGKILL
         self.timed_out = False
+        self.replaces_ns = 0  # started to replace a worker that died then
+        self.spawn_ns = 0  # asked for (a fork server's own start included)
         self.pid = 0
         self.ready_ns = 0
         self.idle_since = 0
@@ -69,6 +80,8 @@ class WorkerHandle:
 def death_error(w: WorkerHandle, call: CallRecord, code: int | None) -> BaseException:
     """The error for the call a dead worker was running: timeout or crash, said plainly."""
     iid = call.future.invocation_id
+    if call.cancelled:
+        return CallCancelled(f"call {iid} ({call.fn_name}) was cancelled", iid)
     if w.timed_out:
         return CallTimeout(
             f"call {iid} ({call.fn_name}) ran past its timeout_s={call.resources.timeout_s}"

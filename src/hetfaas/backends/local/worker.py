@@ -12,6 +12,7 @@ import importlib
 import io
 import os
 import pickle
+import signal
 import struct
 import sys
 import threading
@@ -48,6 +49,8 @@ class Worker:
         self.results = SegmentPool(f"r{index}", max_idle_bytes=2 << 30)
         self.cpus: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
         self.pools = ThreadPools()
+        self.running = 0  # the seq of the call being run
+        self.in_fn = False  # inside the user's function: a cancel may interrupt it
         self.n_modules = len(sys.modules)  # libraries are looked up again when this grows
         self.spin_ns = int(float(os.environ.get("HETFAAS_SPIN_US", "0")) * 1000)
 
@@ -55,9 +58,20 @@ class Worker:
         """Own these cores: affinity, and as many threads as cores in every thread pool
         (torch's inter-op pool: those of the first call, as it can be sized only once)."""
         if cpus and cpus != self.cpus:
-            os.sched_setaffinity(0, cpus)
+            # OSError: cores this process may not use (a cgroup shrank): it keeps its own
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, cpus)
             self.cpus = cpus
         self.pools.size(len(self.cpus), interop=for_call)
+
+    def on_cancel(self, signum: int, frame: Any) -> None:
+        """SIGUSR1: the caller cancelled a call. Interrupt the function if it is the one
+        running; a signal that comes late (the function already returned) is ignored."""
+        if self.in_fn and self.cancel_seq() == self.running:
+            raise CallInterrupted
+
+    def cancel_seq(self) -> int:
+        return struct.unpack_from("<q", self.control, self.index * P.CONTROL_SLOT + 16)[0]
 
     def run(self) -> None:
         recv, pack, spin = self.conn.recv, struct.pack_into, self.conn.spin
@@ -80,11 +94,16 @@ class Worker:
                     self.attach.forget(name)
             pending: list[tuple[Any, ...]] = []
             first = 0
+            slot = self.index * P.CONTROL_SLOT
             for call in calls:
-                slot = self.index * P.CONTROL_SLOT
                 t_call = time.perf_counter_ns()
-                pack("<qq", self.control, slot, call[0], t_call)
-                pending.append((*self.execute(call), recv_ns))
+                self.running = call[0]
+                pack("<qq", self.control, slot, call[0], 0)
+                if self.cancel_seq() == call[0]:  # cancelled before it began: do not run it
+                    pending.append((call[0], P.CANCELLED, b"", (), t_call, t_call, t_call, 0,
+                                    "", "", [], recv_ns))  # fmt: skip
+                else:
+                    pending.append((*self.execute(call), recv_ns))
                 now = time.perf_counter_ns()
                 if not first:
                     first = now
@@ -94,7 +113,8 @@ class Worker:
                     pending, first = [], 0
             if pending:
                 self.conn.send(pickle.dumps((P.RESULTS, pending), protocol=5))
-            pack("<qq", self.control, self.index * P.CONTROL_SLOT, 0, 0)
+            self.running = 0
+            pack("<qq", self.control, slot, 0, 0)
 
     def execute(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
         seq, digest, payload, data, descs, cpus, capture = call
@@ -123,6 +143,8 @@ class Worker:
                 self.n_modules = len(sys.modules)
                 self.pin(cpus)
             start_ns = time.perf_counter_ns()
+            struct.pack_into("<q", self.control, self.index * P.CONTROL_SLOT + 8, start_ns)
+            self.in_fn = True  # from here SIGUSR1 may interrupt (see on_cancel)
             if capture:
                 so, se = io.StringIO(), io.StringIO()
                 with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
@@ -132,6 +154,7 @@ class Worker:
                         out, err = so.getvalue(), se.getvalue()
             else:
                 value = fn(*args, **kwargs)
+            self.in_fn = False
             end_ns = time.perf_counter_ns()
             del args, kwargs
             if type(value) in _SIMPLE:
@@ -143,7 +166,13 @@ class Worker:
                 finally:
                     del value
                 reply = (seq, P.VALUE, rdata, sink.descs)
+        except CallInterrupted:
+            self.in_fn = False
+            end_ns = time.perf_counter_ns()
+            start_ns = start_ns or end_ns
+            reply = (seq, P.CANCELLED, b"", ())
         except BaseException as exc:  # everything the function raises goes back to the caller
+            self.in_fn = False
             end_ns = time.perf_counter_ns()
             start_ns = start_ns or end_ns
             reply = (seq, P.EXCEPTION, errors.encode(exc), ())
@@ -151,6 +180,10 @@ class Worker:
             del exc
         retained = [name for ref, name in views if ref() is not None and "-a-" in name]
         return (*reply, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained)
+
+
+class CallInterrupted(BaseException):
+    """Raised inside the user's function by :meth:`Worker.on_cancel`."""
 
 
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None)})
@@ -172,6 +205,7 @@ def main(argv: list[str]) -> int:
         with contextlib.suppress(Exception):
             importlib.import_module(module)
     worker = Worker(conn, index, Segment.attach(control_name))
+    signal.signal(signal.SIGUSR1, worker.on_cancel)
     worker.pin(worker.cpus, for_call=False)
     try:
         ready_ns = time.perf_counter_ns()
