@@ -3,30 +3,51 @@
 Each call becomes one Ray task running :func:`remote.run_payload` on the call's pickled
 :class:`remote.Payload`, with the call's resources as the task's ``num_cpus``/``num_gpus``/
 ``memory``. Ray is not asked to retry (``max_retries=0``): a worker that dies fails its call
-with :class:`WorkerDied`.
-
-Completion, without a thread per call: one watcher thread ``ray.wait``\\ s on every task in
-flight (the wait times out after 1 ms, growing to 20 ms while nothing happens, so that tasks
-dispatched meanwhile join it) and fires the calls' ``timeout_s`` deadlines. A caller blocked in
-``future.result()`` does not wait for the watcher: it ``ray.get``\\ s its own task, as a Ray
-user would, and the watcher leaves that task alone meanwhile (on a small machine its polling
-would slow the caller down). Whichever of the two sees a task's end first settles its future.
-(Measured on 2 cores: the watcher beat ``ObjectRef.future()`` callbacks, ~1.4 ms against
-~1.7 ms per sequential no-op call, at the same throughput.)
+with :class:`WorkerDied`. Futures are settled through :mod:`hetfaas.backends.contract` only.
 
 Each function becomes a Ray remote function of its own, once (by its digest and resources):
 Ray ships it to each worker once, as it does a user's ``@ray.remote`` function, and a call
 carries only its pickled arguments (as ``bytes``, which Ray handles faster than a Python
 object). A function over a megabyte pickled (a closure over large data) travels with each call
-instead. With more than a few calls in flight the watcher fetches finished tasks in batches
-(one ``ray.get`` for many) and the waiting callers leave the fetching to it.
+instead.
 
-``timeout_s`` counts from the dispatch to Ray (Ray does not tell when a task starts, so the
-time the task waits for free resources in Ray counts too); past it the task is cancelled with
-``ray.cancel(force=True)``, which kills its worker, and the call raises :class:`CallTimeout`.
-Calls are RUNNING once Ray has them: Ray keeps the queue of tasks waiting for resources, and
-cannot tell a waiting task from a running one; ``shutdown(cancel_futures=True)`` therefore
-cancels every call still in Ray.
+Completion, without a thread per call: a caller blocked in ``future.result()`` ``ray.get``\\ s
+its own task, as a Ray user would. A watcher thread ``ray.wait``\\ s on the calls nobody waits
+for (those older than 2 ms: a caller usually waits at once), and with more than a few calls in
+flight it fetches finished tasks in batches (one ``ray.get`` for many) while the waiting
+callers leave the fetching to it. A submit does not wake the watcher unless it sleeps (nothing
+in flight for a while) or the submit is a batch: on a small VM each thread wake-up costs about
+as much as Ray's own work for a no-op call. While calls are in flight it polls, from 1 ms up to
+every 20 ms while nothing happens, so a single call nobody waits on (``add_done_callback``,
+``as_completed``) may be noticed up to ~20 ms late. Whichever side claims a call settles it.
+
+``cancel()``: a call still queued in an open batch is dropped; a call in Ray (queued for
+resources or running: Ray does not tell them apart) is cancelled with
+``ray.cancel(force=True)``, which kills its worker if it runs (Ray starts another when
+needed), and raises :class:`CallCancelled`. ``shutdown(cancel_futures=True)`` cancels every
+call still in Ray.
+
+``timeout_s`` is run time in the Ray worker, counted from the moment the worker takes the call
+up; time waiting in Ray's queue for free resources, or for a worker to start, does not count.
+A timed call runs under a watchdog in its worker (untimed calls have none and pay nothing):
+
+- at ``timeout_s`` a watchdog thread writes a marker in Ray's internal key-value store (GCS)
+  and ends the worker (``os._exit(124)``); the caller, told by Ray that the worker died, reads
+  the marker and raises :class:`CallTimeout`. Granularity: the worker stops within a few ms
+  of ``timeout_s``; the caller hears of it when Ray reports the death (tens of ms here);
+- a call whose code holds the GIL (C code that never releases it) starves the watchdog thread;
+  ``SIGALRM`` (default action, no Python involved) kills its worker 2 s later. A call still
+  running after 1 s (or half its ``timeout_s``) leaves its start time in the store, so such a
+  death is still reported as :class:`CallTimeout` (a call killed that way sooner: WorkerDied);
+- caller-side backstop: the watcher reads the start markers of timed calls past ``timeout_s``
+  since dispatch; one still unsettled 5 s past its start plus ``timeout_s`` (a stopped or
+  unreachable worker) is cancelled with ``ray.cancel(force=True)`` and raises
+  :class:`CallTimeout`. A call whose start is not known yet is queued: it is looked at again
+  every 0.5 to 5 s (one store listing per look for all such calls).
+
+The watchdog owns ``SIGALRM`` while a timed call runs (a function that sets its own alarm
+overrides it). Markers live under one prefix per backend in the ``hetfaas`` namespace; the few
+left by killed workers are removed at shutdown.
 """
 
 from __future__ import annotations
@@ -38,8 +59,11 @@ import itertools
 import logging
 import os
 import pickle
+import signal
+import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 from .._future import Future
@@ -60,19 +84,29 @@ from .remote import Payload, Reply, complete, fail, run_payload
 
 _POLL_MIN_S = 0.001  # the watcher's ray.wait timeout right after something happened
 _POLL_MAX_S = 0.02  # ... growing to this while nothing happens
-_GRACE_S = 0.002  # the watcher takes up new calls this long after their dispatch
+_GRACE_S = 0.002  # the watcher takes up a call nobody waits on this long after its dispatch
+_LINGER_S = 0.25  # the watcher sleeps (a submit must wake it) after this long with nothing
 _SELF_FETCH_MAX = 4  # a waiting caller fetches its own call while at most this many are in Ray
 _WATCH_MAX = 64  # the watcher's ray.wait looks at most at this many (the oldest) calls
+_TIMED_GET_S = 1.0  # a caller waiting on a timed call looks up this often (backstop settled?)
 _MiB = 1 << 20
 _log = logging.getLogger(__name__)
 _PACK_MAX = 1 << 20  # payloads and replies smaller than this travel through Ray as bytes
+
+# timeout_s (see the module docstring)
+_KV_NS = "hetfaas"
+_EXIT_TIMEOUT = 124  # a worker that stopped itself for a call's timeout_s exits with this
+_MARK_AFTER_S = 1.0  # a timed call running this long (or half its timeout_s) marks its start
+_ALARM_GRACE_S = 2.0  # SIGALRM kills a worker whose watchdog thread could not act by then
+_BACKSTOP_S = 5.0  # the caller cancels a call this long past its start plus timeout_s
+_RECHECK_S = (0.5, 5.0)  # a timed call not started yet is looked at again this often
 
 # One Ray runtime per process. The backends that share one this module started count here;
 # the last of them to shut down stops it. A runtime someone else started is left alone.
 _session_lock = threading.Lock()
 _session_users = 0
-_task: Any = None  # run_payload as a Ray remote function, made once
-_task_options: dict[tuple[int, float, int | None], Any] = {}
+_tasks: dict[bool, Any] = {}  # _run / _run_timed as Ray remote functions, made once
+_task_options: dict[tuple[tuple[int, float, int | None], bool], Any] = {}
 _runners: collections.OrderedDict[Any, Any] = collections.OrderedDict()  # see _runner
 _RUNNERS_MAX = 256
 
@@ -85,33 +119,153 @@ def _import_ray() -> Any:
     return ray
 
 
-def _run(shipped: bytes | Payload) -> bytes | Reply:
-    """The Ray task. Ray (de)serializes a ``bytes`` argument or result faster than a Python
-    object, so small payloads and replies are pickled here and travel as bytes; large ones
-    travel as themselves (no extra copy)."""
-    payload = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
-    reply = run_payload(payload)
+def _kv() -> Any:
+    from ray.experimental import internal_kv
+
+    return internal_kv
+
+
+# ------------------------------------------------------------------ in the Ray worker
+
+
+def _pack(reply: Reply) -> bytes | Reply:
+    """Ray (de)serializes a ``bytes`` result faster than a Python object: small replies are
+    pickled here; large ones travel as themselves (no extra copy)."""
     if len(reply.data) < _PACK_MAX:
         return pickle.dumps(reply, protocol=5)
     return reply
 
 
+def _run(shipped: bytes | Payload) -> bytes | Reply:
+    """The Ray task of a call whose function travels with it (see ``_pack``)."""
+    return _pack(run_payload(pickle.loads(shipped) if isinstance(shipped, bytes) else shipped))
+
+
+def _run_timed(shipped: bytes | Payload, timeout_s: float, marker: bytes) -> bytes | Reply:
+    return _timed(
+        pickle.loads(shipped) if isinstance(shipped, bytes) else shipped, timeout_s, marker
+    )
+
+
+def _timed(payload: Payload, timeout_s: float, marker: bytes) -> bytes | Reply:
+    """Run a timed call under the worker's watchdog (a module-level function: runners made by
+    ``_make_runner`` refer to it by name, and cloudpickle ships no watchdog object)."""
+    alarm = _watchdog.arm(marker, timeout_s)
+    try:
+        reply = run_payload(payload)
+    finally:
+        _watchdog.disarm(alarm)
+    return _pack(reply)
+
+
 def _make_runner(
-    digest: bytes, fn: bytes, fn_name: str, sys_path: tuple[str, ...], cpus: int, gpus: float
+    digest: bytes,
+    fn: bytes,
+    fn_name: str,
+    sys_path: tuple[str, ...],
+    cpus: int,
+    gpus: float,
+    timed: bool,
 ) -> Any:
     """A Ray task for one function: Ray ships the function (in this closure) to each worker
     once, as it does a user's ``@ray.remote`` function; each call then carries only its
-    arguments."""
+    arguments (and, if timed, its timeout and marker key)."""
+    if timed:
 
-    def run(args: bytes, submitted_ns: int) -> bytes | Reply:
-        payload = Payload(digest, fn, args, cpus, gpus, fn_name, submitted_ns, 0, sys_path)
-        reply = run_payload(payload)
-        if len(reply.data) < _PACK_MAX:
-            return pickle.dumps(reply, protocol=5)
-        return reply
+        def run(args: bytes, timeout_s: float, marker: bytes) -> bytes | Reply:
+            payload = Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path)
+            return _timed(payload, timeout_s, marker)
+
+    else:
+
+        def run(args: bytes) -> bytes | Reply:  # type: ignore[misc]
+            return _pack(
+                run_payload(Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path))
+            )
 
     run.__qualname__ = run.__name__ = f"hetfaas:{fn_name}"
     return run
+
+
+class _Watchdog:
+    """In a Ray worker: ends the process when the timed call it runs passes its timeout_s
+    (see the module docstring). One thread per worker process, started by its first timed call."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._job: tuple[bytes, int, float, float, float] | None = None
+        self._marked: bytes | None = None  # whose start marker this process wrote last
+        self._thread: threading.Thread | None = None
+
+    def arm(self, marker: bytes, timeout_s: float) -> tuple[Any] | None:
+        now = time.monotonic()
+        mark_at = now + min(_MARK_AFTER_S, timeout_s / 2)
+        with self._cond:
+            self._job = (marker, time.time_ns(), mark_at, now + timeout_s, timeout_s)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hetfaas-watchdog")
+                self._thread.daemon = True
+                self._thread.start()
+            self._cond.notify()
+        if threading.current_thread() is not threading.main_thread():
+            return None  # signals only there: the watchdog thread alone
+        previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s + _ALARM_GRACE_S)
+        return (previous,)
+
+    def disarm(self, alarm: tuple[Any] | None) -> None:
+        if alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if alarm[0] is None else alarm[0])
+        with self._cond:
+            self._job = None
+            if self._marked is not None:  # its start marker goes
+                self._cond.notify()
+
+    def _run(self) -> None:
+        cond, kv = self._cond, _kv()
+        with cond:
+            while True:
+                job = self._job
+                if self._marked is not None and (job is None or job[0] != self._marked):
+                    stale, self._marked = self._marked, None
+                    self._outside(kv._internal_kv_del, stale)
+                    continue
+                if job is None:
+                    cond.wait()
+                    continue
+                marker, start_ns, mark_at, expire_at, timeout_s = job
+                now = time.monotonic()
+                if now >= expire_at:
+                    _expire(kv, marker, start_ns, timeout_s)
+                if now >= mark_at and self._marked != marker:
+                    self._marked = marker
+                    self._outside(kv._internal_kv_put, marker, b"S%d" % start_ns)
+                    continue
+                cond.wait((expire_at if self._marked == marker else mark_at) - now)
+
+    def _outside(self, fn: Any, *args: Any) -> None:
+        """A call to Ray's store without holding the lock (the call may end meanwhile)."""
+        self._cond.release()
+        try:
+            fn(*args, namespace=_KV_NS)
+        except Exception:
+            pass
+        finally:
+            self._cond.acquire()
+
+
+def _expire(kv: Any, marker: bytes, start_ns: int, timeout_s: float) -> None:
+    """The call ran past its timeout_s: say so where the caller looks, and end this worker."""
+    try:
+        sys.stderr.write(f"hetfaas: call ran past its timeout_s={timeout_s}; ending its worker\n")
+        sys.stderr.flush()
+        kv._internal_kv_put(marker, b"X%d" % start_ns, namespace=_KV_NS)
+    finally:
+        os._exit(_EXIT_TIMEOUT)
+
+
+_watchdog = _Watchdog()
 
 
 def _touch(hold_s: float) -> int:
@@ -120,11 +274,19 @@ def _touch(hold_s: float) -> int:
     return os.getpid()
 
 
+# ------------------------------------------------------------------ in the caller
+
+
 class _Prepared:
-    __slots__ = ("future", "key", "payload", "registered", "shipped", "timeout_s")
+    __slots__ = ("future", "key", "marker", "payload", "registered", "shipped", "timeout_s")
 
     def __init__(
-        self, future: Future, payload: Payload, key: tuple[int, float, int | None], timeout_s: Any
+        self,
+        future: Future,
+        payload: Payload,
+        key: tuple[int, float, int | None],
+        timeout_s: float | None,
+        marker: bytes | None,
     ) -> None:
         self.future = future
         self.payload = payload
@@ -139,25 +301,35 @@ class _Prepared:
             self.shipped = payload
         self.key = key
         self.timeout_s = timeout_s
+        self.marker = marker  # timed calls: where its worker marks its start and its timeout
 
 
 class _Call:
     """A call in Ray's hands."""
 
-    __slots__ = ("backend", "deadline", "future", "payload", "ref", "timeout_s", "waiters")
+    __slots__ = (
+        "backend", "future", "marker", "payload", "ref", "sent", "start_ns", "timeout_s",
+        "waiters",
+    )  # fmt: skip
 
     def __init__(self, backend: RayBackend, p: _Prepared, ref: Any, now: float) -> None:
         self.backend = backend
         self.future = p.future
         self.payload = p.payload
         self.ref = ref
+        self.sent = now
         self.timeout_s = p.timeout_s
-        self.deadline = now + p.timeout_s if p.timeout_s is not None else 0.0
+        self.marker = p.marker
+        self.start_ns = 0  # timed calls: when it started in its worker, once the caller knows
         self.waiters = 0  # threads fetching it themselves: the watcher leaves it to them
 
     def help(self, fut: Future, deadline: float | None) -> None:
         """The future's waiter hook: the waiting thread fetches the result itself."""
         self.backend._wait_for(self, deadline)
+
+    def cancel(self, fut: Future) -> bool:
+        """The future's canceller: stop the task in Ray."""
+        return self.backend._cancel(self)
 
 
 class RayBackend(Backend):
@@ -186,9 +358,13 @@ class RayBackend(Backend):
         self._idle = threading.Condition(self._lock)
         self._live: dict[Any, _Call] = {}  # object ref -> call, until one side claims it
         self._unsettled = 0  # dispatched calls whose future is not settled yet
-        self._timers: list[tuple[float, int, _Call]] = []
+        self._timers: list[tuple[float, int, _Call]] = []  # timed calls' next look
         self._timer_seq = itertools.count()
         self._wake = threading.Event()
+        self._sleeping = False  # the watcher waits for a submit to wake it
+        self._last_sent = 0.0
+        self._marker_prefix = f"t:{uuid.uuid4().hex}:".encode()
+        self._timed_sent = False
         self._closing = False
         self._closed = False
         self._stop = False
@@ -231,45 +407,54 @@ class RayBackend(Backend):
                     raise ResourceError(self._why_not(res))
             self._fitting.add(key)
         payload = Payload.build(spec.fn, spec.args, spec.kwargs, res)
-        return _Prepared(spec.future, payload, key, res.timeout_s)
+        timeout_s = res.timeout_s
+        marker = None
+        if timeout_s is not None:
+            marker = self._marker_prefix + spec.future.invocation_id.encode()
+        return _Prepared(spec.future, payload, key, timeout_s, marker)
 
     def dispatch(self, prepared: list[Any]) -> None:
         if self._closing:
             raise ExecutorShutdownError("this executor is shut down; it accepts no calls")
-        calls: list[_Call] = []
-        try:
-            for i, p in enumerate(prepared):
-                if not p.future.set_running_or_notify_cancel():
-                    continue  # cancelled while it waited in a batch
-                try:
-                    if p.registered:
-                        ref = _runner(self._ray, p.payload, p.key).remote(
-                            p.shipped, p.payload.submitted_ns
-                        )
-                    else:
-                        ref = _remote(self._ray, p.key).remote(p.shipped)
-                except Exception as exc:
-                    err = EngineError(f"Ray refused the task: {type(exc).__name__}: {exc}")
-                    p.future.set_exception(err)
-                    for rest in prepared[i + 1 :]:
-                        if rest.future.set_running_or_notify_cancel():
-                            rest.future.set_exception(err)
-                    raise err from exc
-                call = _Call(self, p, ref, time.monotonic())
-                p.future.engine_id = ref.task_id().hex()
-                contract.attach(p.future, waiter=call.help)
-                calls.append(call)
-        finally:
-            if calls:
-                with self._lock:
-                    for call in calls:
-                        self._live[call.ref] = call
-                        if call.deadline:
-                            heapq.heappush(
-                                self._timers, (call.deadline, next(self._timer_seq), call)
-                            )
-                    self._unsettled += len(calls)
-                self._wake.set()
+        wake = len(prepared) > 1  # a batch: the watcher will fetch most of it
+        for i, p in enumerate(prepared):
+            fut = p.future
+            if not contract.start(fut):
+                continue  # cancelled while it waited in a batch
+            try:
+                ref = self._send(p)
+            except Exception as exc:
+                err = EngineError(f"Ray refused the task: {type(exc).__name__}: {exc}")
+                fail(fut, p.payload, err, self.name)
+                for rest in prepared[i + 1 :]:
+                    if contract.start(rest.future):
+                        fail(rest.future, rest.payload, err, self.name)
+                raise err from exc
+            now = time.monotonic()
+            call = _Call(self, p, ref, now)
+            fut.engine_id = ref.task_id().hex()
+            contract.attach(fut, waiter=call.help, canceller=call.cancel)
+            with self._lock:
+                self._live[ref] = call
+                self._unsettled += 1
+                if p.timeout_s is not None:  # first look: it cannot have timed out sooner
+                    self._timed_sent = True
+                    heapq.heappush(self._timers, (now + p.timeout_s, next(self._timer_seq), call))
+                if self._sleeping:
+                    self._sleeping = False
+                    wake = True
+            self._last_sent = now
+        if wake:
+            self._wake.set()
+
+    def _send(self, p: _Prepared) -> Any:
+        if p.timeout_s is None:
+            if p.registered:
+                return _runner(self._ray, p.payload, p.key, False).remote(p.shipped)
+            return _remote(self._ray, p.key, False).remote(p.shipped)
+        task = _runner(self._ray, p.payload, p.key, True) if p.registered else None
+        task = task or _remote(self._ray, p.key, True)
+        return task.remote(p.shipped, float(p.timeout_s), p.marker)
 
     def warmup(self, n: int, resources: Resources) -> None:
         """Start up to ``n`` Ray workers for ``resources`` and wait until they ran a task."""
@@ -315,6 +500,9 @@ class RayBackend(Backend):
             self._wake.set()
             self._watcher.join(timeout=10)
         # else the watcher settles the calls still in a Ray we leave running, then exits
+        if self._timed_sent and not self._live:  # markers killed workers left behind
+            with contextlib.suppress(Exception):
+                _kv()._internal_kv_del(self._marker_prefix, del_by_prefix=True, namespace=_KV_NS)
         with self._lock:
             self._closed = True
         if self._owns_session:
@@ -354,36 +542,40 @@ class RayBackend(Backend):
         with self._lock:
             return self._live.pop(call.ref, None) is not None
 
+    def _cancel(self, call: _Call) -> bool:
+        ref = call.ref
+        if ref is None or not self._claim(call):
+            return False  # it ended (or is ending) meanwhile
+        with contextlib.suppress(Exception):
+            self._ray.cancel(ref, force=True)
+        if call.marker is not None:
+            self._drop_marker(call.marker)
+        self._settled(call)  # Future.cancel settles the future itself
+        return True
+
     def _finish(self, call: _Call, reply: Any = None, error: BaseException | None = None) -> None:
         """Settle a claimed call from its task's outcome (fetched if not given)."""
         if reply is None and error is None:
             try:
                 reply = self._ray.get(call.ref)
-            except self._exc.RayError as exc:
+            except Exception as exc:  # a Ray error, or a reply that cannot be unpickled here
                 error = exc
-            except Exception as exc:  # the reply cannot be unpickled here
+        if error is None and isinstance(reply, bytes):
+            try:
+                reply = pickle.loads(reply)
+            except Exception as exc:  # cannot happen unless hetfaas differs over there
                 error = exc
         if error is not None:
             self._fail(call, self._translate(call, error))
             return
-        fut = call.future
-        contract.detach(fut)  # lets the finished task's object go
         try:
-            if isinstance(reply, bytes):
-                try:
-                    reply = pickle.loads(reply)
-                except Exception as exc:  # cannot happen unless hetfaas differs over there
-                    fut.set_exception(exc)
-                    return
-            complete(fut, call.payload, reply, self.name)
+            complete(call.future, call.payload, reply, self.name)
         finally:
             self._settled(call)
 
     def _fail(self, call: _Call, exc: BaseException) -> None:
-        fut = call.future
-        contract.detach(fut)
         try:
-            fail(fut, call.payload, exc, self.name)
+            fail(call.future, call.payload, exc, self.name)
         finally:
             self._settled(call)
 
@@ -393,7 +585,7 @@ class RayBackend(Backend):
         call.ref = call.payload = call.future = None  # type: ignore[assignment]
         with self._idle:
             self._unsettled -= 1
-            if not self._unsettled:
+            if not self._unsettled and self._closing:
                 self._idle.notify_all()
 
     def _translate(self, call: _Call, err: BaseException) -> BaseException:
@@ -402,8 +594,6 @@ class RayBackend(Backend):
         name = call.payload.fn_name
         if isinstance(err, ex.TaskCancelledError):
             return CallCancelled(f"call {iid} ({name}) was cancelled in Ray", iid)
-        if isinstance(err, ex.OutOfMemoryError):
-            return WorkerDied(f"call {iid} ({name}): Ray's memory monitor killed its worker", iid)
         if isinstance(err, ex.RuntimeEnvSetupError):
             return EngineError(f"call {iid} ({name}): Ray could not set up its runtime_env: {err}")
         if isinstance(err, ex.RayTaskError):  # the wrapper itself failed in the worker
@@ -411,10 +601,105 @@ class RayBackend(Backend):
             return RemoteError(
                 type(cause).__qualname__, str(cause), getattr(err, "traceback_str", ""), iid
             )
+        if isinstance(err, ex.RayError) and call.marker is not None and self._timed_out(call):
+            return CallTimeout(
+                f"call {iid} ({name}) ran past its timeout_s={call.timeout_s} of run time in its"
+                " Ray worker, which stopped",
+                iid,
+            )
+        if isinstance(err, ex.OutOfMemoryError):
+            return WorkerDied(f"call {iid} ({name}): Ray's memory monitor killed its worker", iid)
         if isinstance(err, ex.RayError):  # worker crash, node died, object lost, ...
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
             return WorkerDied(f"call {iid} ({name}): the Ray worker died ({reason})", iid)
         return err
+
+    # -------------------------------------------------------------- timed calls' markers
+
+    def _timed_out(self, call: _Call) -> bool:
+        """A timed call's worker died: was it stopped for its timeout_s?"""
+        found = self._markers([call])
+        self._drop_marker(call.marker)  # type: ignore[arg-type]
+        mark = found.get(call.marker)  # type: ignore[arg-type]
+        if mark is None:
+            return False
+        kind, start_ns = mark  # "S": its alarm (a GIL-bound call) ended it past its time
+        return kind == "X" or time.time_ns() >= start_ns + int(call.timeout_s * 1e9)  # type: ignore[operator]
+
+    def _markers(self, calls: list[_Call]) -> dict[bytes, tuple[str, int]]:
+        """The markers of these timed calls that their workers wrote: key -> (kind, start)."""
+        kv = _kv()
+        out: dict[bytes, tuple[str, int]] = {}
+        try:
+            keys: Any = [c.marker for c in calls]
+            if len(keys) > 2:  # one listing, then only the calls that wrote something
+                keys = set(kv._internal_kv_list(self._marker_prefix, namespace=_KV_NS))
+                keys = [c.marker for c in calls if c.marker in keys]
+            for key in keys:
+                value = kv._internal_kv_get(key, namespace=_KV_NS)
+                if value and value[:1] in (b"S", b"X") and value[1:].isdigit():
+                    out[key] = (value[:1].decode(), int(value[1:]))
+        except Exception:  # the store is out of reach: nothing known
+            pass
+        return out
+
+    def _drop_marker(self, key: bytes) -> None:
+        with contextlib.suppress(Exception):
+            _kv()._internal_kv_del(key, namespace=_KV_NS)
+
+    def _fire_timers(self) -> None:
+        """Timed calls due for a look: learn when each started, and cancel one past its start
+        plus timeout_s plus the backstop's margin (its worker did not stop itself)."""
+        now = time.monotonic()
+        due: list[_Call] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                _, _, call = heapq.heappop(self._timers)
+                if call.ref is not None and call.ref in self._live:
+                    due.append(call)
+            if len(self._timers) > 64 and len(self._timers) > 2 * len(self._live):
+                self._timers = [t for t in self._timers if t[2].ref is not None]
+                heapq.heapify(self._timers)
+        if not due:
+            return
+        unknown = [call for call in due if not call.start_ns]
+        found = self._markers(unknown) if unknown else {}
+        wall = time.time_ns()
+        again: list[tuple[float, _Call]] = []
+        for call in due:
+            if call.start_ns:  # the backstop's time
+                self._backstop(call)
+                continue
+            mark = found.get(call.marker)  # type: ignore[arg-type]
+            timeout_s: float = call.timeout_s  # type: ignore[assignment]
+            if mark is None:  # not started yet (or just ended): look again later
+                again.append((now + min(max(timeout_s, _RECHECK_S[0]), _RECHECK_S[1]), call))
+                continue
+            kind, call.start_ns = mark
+            end_ns = wall if kind == "X" else call.start_ns + int(timeout_s * 1e9)
+            again.append((now + max(0.0, (end_ns - wall) / 1e9) + _BACKSTOP_S, call))
+        with self._lock:
+            for when, call in again:
+                heapq.heappush(self._timers, (when, next(self._timer_seq), call))
+
+    def _backstop(self, call: _Call) -> None:
+        ref = call.ref
+        if ref is None or not self._claim(call):
+            return
+        with contextlib.suppress(Exception):
+            self._ray.cancel(ref, force=True)
+        self._drop_marker(call.marker)  # type: ignore[arg-type]
+        iid = call.future.invocation_id
+        self._fail(
+            call,
+            CallTimeout(
+                f"call {iid} ({call.payload.fn_name}) ran past its timeout_s={call.timeout_s}"
+                " and its Ray worker did not stop; its task was cancelled",
+                iid,
+            ),
+        )
+
+    # -------------------------------------------------------------- fetching
 
     def _wait_for(self, call: _Call, deadline: float | None) -> None:
         """Wait for the call in the calling thread, up to ``deadline`` (monotonic)."""
@@ -423,30 +708,28 @@ class RayBackend(Backend):
                 return  # many calls in flight: the watcher fetches them in batches
             call.waiters += 1
         try:
-            self._fetch(call, deadline)
+            self._fetch(call, call.ref, deadline)
         finally:
             with self._lock:
                 call.waiters -= 1
-                handover = call.waiters == 0 and call.ref in self._live
+                handover = call.waiters == 0 and call.ref is not None and call.ref in self._live
             if handover:  # not settled here: the watcher takes it back
                 self._wake.set()
 
-    def _fetch(self, call: _Call, deadline: float | None) -> None:
+    def _fetch(self, call: _Call, ref: Any, deadline: float | None) -> None:
         get_timeout = self._exc.GetTimeoutError
+        timed = call.marker is not None
         while True:
-            now = time.monotonic()
-            left = None if deadline is None else deadline - now
-            if call.deadline:  # past its timeout_s the watcher cancels and settles it
-                to_timeout = call.deadline - now + _POLL_MIN_S
-                left = to_timeout if left is None else min(left, to_timeout)
+            left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
-            ref = call.ref
-            if ref is None:  # settled meanwhile
-                return
+            if timed:  # the watcher's backstop may settle it: look up now and then
+                left = _TIMED_GET_S if left is None else min(left, _TIMED_GET_S)
             try:
                 reply = self._ray.get(ref, timeout=left)
             except get_timeout:
+                if call.ref is None:
+                    return
                 continue
             except Exception as exc:
                 if self._claim(call):
@@ -461,26 +744,43 @@ class RayBackend(Backend):
         delay = _POLL_MIN_S
         while not self._stop:
             self._wake.clear()
+            now = time.monotonic()
+            if self._timers and self._timers[0][0] <= now:
+                self._fire_timers()
+            refs: list[Any] = []
+            young = None  # when the oldest call nobody waits on yet is due for a look
             with self._lock:
-                # The oldest calls first, and not too many: ray.wait's cost grows with the
-                # number of refs, and tasks mostly end in the order they were sent.
-                refs = list(
-                    itertools.islice(
-                        (ref for ref, call in self._live.items() if not call.waiters), _WATCH_MAX
-                    )
-                )
-                next_deadline = self._timers[0][0] if self._timers else None
                 if not self._live and self._closing:
                     return
-            until = None if next_deadline is None else max(0.0, next_deadline - time.monotonic())
-            if not refs:  # nothing to watch (or only calls a waiting thread fetches)
-                if self._wake.wait(until):
-                    # New calls: their callers usually wait for them at once, and fetch
-                    # them themselves; give them that moment before competing with them.
-                    time.sleep(_GRACE_S)
-                else:
-                    self._fire_timers()
-                delay = _POLL_MIN_S
+                # The oldest calls first, and not too many: ray.wait's cost grows with the
+                # number of refs, and tasks mostly end in the order they were sent.
+                for ref, call in self._live.items():
+                    if call.waiters:
+                        continue
+                    if now - call.sent < _GRACE_S:  # its caller is likely to wait on it
+                        young = (
+                            call.sent + _GRACE_S
+                            if young is None
+                            else min(young, call.sent + _GRACE_S)
+                        )
+                        continue
+                    refs.append(ref)
+                    if len(refs) >= _WATCH_MAX:
+                        break
+                next_timer = self._timers[0][0] if self._timers else None
+                deep = not self._live and now - self._last_sent > _LINGER_S
+                if deep:
+                    self._sleeping = True  # a submit wakes it
+            until = None if next_timer is None else max(0.0, next_timer - now)
+            if not refs:  # nothing to watch (or only calls their callers fetch)
+                timeout = until
+                if not deep:
+                    timeout = delay if until is None else min(delay, until)
+                    if young is not None:
+                        timeout = min(timeout, max(0.0, young - now))
+                woke = self._wake.wait(timeout)
+                self._sleeping = False
+                delay = _POLL_MIN_S if woke else min(_POLL_MAX_S, delay * 2)
                 continue
             timeout = delay if until is None else min(delay, until)
             try:
@@ -505,32 +805,7 @@ class RayBackend(Backend):
                     self._finish(call, reply)
                 except Exception:  # never let one call stop the watcher
                     _log.exception("hetfaas: settling a Ray call failed")
-            self._fire_timers()
             delay = _POLL_MIN_S if ready or self._wake.is_set() else min(_POLL_MAX_S, delay * 2)
-
-    def _fire_timers(self) -> None:
-        now = time.monotonic()
-        expired: list[_Call] = []
-        with self._lock:
-            while self._timers and self._timers[0][0] <= now:
-                _, _, call = heapq.heappop(self._timers)
-                if self._live.pop(call.ref, None) is not None:
-                    expired.append(call)
-            if len(self._timers) > 64 and len(self._timers) > 2 * len(self._live):
-                self._timers = [t for t in self._timers if t[2].ref is not None]
-                heapq.heapify(self._timers)
-        for call in expired:
-            with contextlib.suppress(Exception):
-                self._ray.cancel(call.ref, force=True)
-            iid = call.future.invocation_id
-            self._fail(
-                call,
-                CallTimeout(
-                    f"call {iid} ({call.payload.fn_name}) ran past its timeout_s={call.timeout_s}"
-                    " (counted from its dispatch to Ray); its task was cancelled",
-                    iid,
-                ),
-            )
 
     def _abandon(self, exc: BaseException) -> None:
         with self._lock:
@@ -604,31 +879,32 @@ def _ray_options(cpus: int, gpus: float, memory_mb: int | None) -> dict[str, Any
     return opts
 
 
-def _remote(ray: Any, key: tuple[int, float, int | None]) -> Any:
-    """``_run`` as a Ray task with these resources (made once per kind of call)."""
-    global _task
-    fn = _task_options.get(key)
+def _remote(ray: Any, key: tuple[int, float, int | None], timed: bool) -> Any:
+    """``_run`` (or ``_run_timed``) as a Ray task with these resources (made once per kind)."""
+    fn = _task_options.get((key, timed))
     if fn is None:
-        if _task is None:  # Ray's defaults: 1 CPU, no GPU, no memory reservation
-            _task = ray.remote(max_retries=0, retry_exceptions=False)(_run)
+        task = _tasks.get(timed)
+        if task is None:  # Ray's defaults: 1 CPU, no GPU, no memory reservation
+            task = ray.remote(max_retries=0, retry_exceptions=False)(_run_timed if timed else _run)
+            _tasks[timed] = task
         # The defaults need no .options(), which costs a little at each call.
-        default = key == (1, 0.0, None)
-        fn = _task if default else _task.options(**_ray_options(*key))
-        _task_options[key] = fn
+        fn = task if key == (1, 0.0, None) else task.options(**_ray_options(*key))
+        _task_options[(key, timed)] = fn
     return fn
 
 
-def _runner(ray: Any, payload: Payload, key: tuple[int, float, int | None]) -> Any:
+def _runner(ray: Any, payload: Payload, key: tuple[int, float, int | None], timed: bool) -> Any:
     """The Ray task of ``payload``'s function with these resources, made once (the most
     recently used few hundred are kept)."""
-    ident = (payload.digest, key, payload.sys_path)
+    ident = (payload.digest, key, payload.sys_path, timed)
     fn = _runners.get(ident)
     if fn is not None:
         _runners.move_to_end(ident)
         return fn
     run = _make_runner(
-        payload.digest, payload.fn, payload.fn_name, payload.sys_path, payload.cpus, payload.gpus
-    )
+        payload.digest, payload.fn, payload.fn_name, payload.sys_path, payload.cpus,
+        payload.gpus, timed,
+    )  # fmt: skip
     fn = ray.remote(max_retries=0, retry_exceptions=False)(run)
     if key != (1, 0.0, None):  # Ray's defaults need no .options(), which costs at each call
         fn = fn.options(**_ray_options(*key))
