@@ -92,3 +92,50 @@ def job_env():
             "SLURM_CPUS_PER_TASK",
         )
     }
+
+
+class PairError(Exception):
+    """An exception whose constructor does not take its message: plain pickling fails."""
+
+    def __init__(self, code, where):
+        super().__init__(f"code {code} at {where}")
+        self.code = code
+        self.where = where
+
+
+def raise_pair(code, where):
+    raise PairError(code, where)
+
+
+def sleep_signals_blocked(s):
+    """Sleeps where no signal handler can run: as a call stuck in C code would."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        time.sleep(s)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    return s
+
+
+def pool_threads():
+    """The thread count of every pool this worker process has loaded, seen from inside."""
+    import numpy  # noqa: F401  (OpenBLAS)
+    import torch  # noqa: F401  (its OpenMP)
+
+    from hetfaas._threads import pool_sizes
+
+    return pool_sizes()
+
+
+def started_at(sleep_s):
+    t0 = time.perf_counter_ns()
+    time.sleep(sleep_s)
+    return os.getpid(), t0
+
+
+def random_draw():
+    import numpy as np
+
+    return float(np.random.random())

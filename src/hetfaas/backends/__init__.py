@@ -9,7 +9,7 @@ from typing import Any
 from ..exceptions import ConfigurationError, UnknownBackendError
 from .base import Backend, CallSpec, Capacity
 
-_REGISTRY: dict[str, str] = {
+_REGISTRY: dict[str, str | type[Backend]] = {
     "local": "hetfaas.backends.local:LocalBackend",
     "submitit-local": "hetfaas.backends.submitit_backend:SubmititLocalBackend",
     "slurm": "hetfaas.backends.submitit_backend:SlurmBackend",
@@ -22,7 +22,11 @@ def register(name: str, target: str | type[Backend]) -> None:
     if isinstance(target, type):
         if not issubclass(target, Backend):
             raise TypeError(f"{target!r} is not a hetfaas Backend subclass")
-        target = f"{target.__module__}:{target.__qualname__}"
+        missing = sorted(getattr(target, "__abstractmethods__", ()))
+        if missing:
+            raise TypeError(f"{target.__qualname__} does not implement {', '.join(missing)}")
+        _REGISTRY[name] = target  # kept as is: a class defined anywhere, even in a function
+        return
     if ":" not in target:
         raise ValueError(f"backend target must be 'module:Class', got {target!r}")
     _REGISTRY[name] = target
@@ -37,11 +41,14 @@ def create(name: str, **options: Any) -> Backend:
         target = _REGISTRY[name]
     except KeyError:
         raise UnknownBackendError(name, list(_REGISTRY)) from None
-    module, _, cls_name = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), cls_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"backend {name!r} is not available here: {exc}") from exc
+    if isinstance(target, type):
+        cls: Any = target
+    else:
+        module, _, cls_name = target.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(f"backend {name!r} is not available here: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise TypeError(f"{target} is not a hetfaas Backend subclass")
     params = inspect.signature(cls).parameters

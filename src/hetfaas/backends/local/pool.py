@@ -388,6 +388,9 @@ class LocalBackend(Backend):
                 worker = self._spawn(gpus)
             except OSError as exc:  # fork/exec failed (out of processes or memory): retried
                 _log.warning("hetfaas: cannot start a worker now: %s", exc)
+                self._start_exits += 1
+                if give_up_starting(self._start_exits, self._start_kills):
+                    self._give_up([], None)
                 return None
         if worker is None:
             return None

@@ -197,7 +197,8 @@ def main(argv: list[str]) -> int:
     fd, index, control_name = int(argv[0]), int(argv[1]), argv[2]
     preload = [m for m in argv[3].split(",") if m] if len(argv) > 3 else []
     if len(argv) > 4:
-        os.sched_setaffinity(0, {int(argv[4])})
+        with contextlib.suppress(OSError):  # a core this process may not use: keep its own
+            os.sched_setaffinity(0, {int(argv[4])})
     conn = P.Channel(fd)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     t0 = time.perf_counter_ns()
