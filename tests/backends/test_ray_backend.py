@@ -332,6 +332,24 @@ def test_timed_call_that_ends_in_time_leaves_no_marker(rex):
         time.sleep(0.05)
 
 
+def hog_the_gil(python_s: float) -> None:
+    end = time.monotonic() + python_s
+    while time.monotonic() < end:  # plain Python: other threads get the GIL
+        pass
+    sum(range(10**13))  # C code that never lets the GIL go
+
+
+def test_timeout_of_a_call_holding_the_gil(rex):
+    # Its watchdog thread cannot run: SIGALRM (no Python involved) ends the worker 2 s later,
+    # and the start marker it left while it still ran Python makes it a CallTimeout.
+    rex.submit(fx.add, 0, 0).result(timeout=60)
+    t0 = time.monotonic()
+    fut = rex.options(timeout_s=1).submit(hog_the_gil, 0.8)
+    with pytest.raises(CallTimeout):
+        fut.result(timeout=60)
+    assert time.monotonic() - t0 < 10
+
+
 def _ray_workers() -> list[psutil.Process]:
     """Ray's worker processes under this session ("ray::IDLE", "ray::hetfaas:sleepy", ...);
     not its agents ("ray::RuntimeEnvAgent", "ray::DashboardAgent"), whose death stops Ray."""

@@ -1,53 +1,44 @@
 """Ray as a hetfaas backend: ``Executor("ray")``.
 
-Each call becomes one Ray task running :func:`remote.run_payload` on the call's pickled
+Each call is one Ray task running :func:`remote.run_payload` on the call's pickled
 :class:`remote.Payload`, with the call's resources as the task's ``num_cpus``/``num_gpus``/
-``memory``. Ray is not asked to retry (``max_retries=0``): a worker that dies fails its call
-with :class:`WorkerDied`. Futures are settled through :mod:`hetfaas.backends.contract` only.
-
-Each function becomes a Ray remote function of its own, once (by its digest and resources):
-Ray ships it to each worker once, as it does a user's ``@ray.remote`` function, and a call
-carries only its pickled arguments (as ``bytes``, which Ray handles faster than a Python
-object). A function over a megabyte pickled (a closure over large data) travels with each call
-instead.
+``memory``, and no retries (``max_retries=0``): a worker that dies fails its call with
+:class:`WorkerDied`. Futures are settled through :mod:`hetfaas.backends.contract` only. Each
+function becomes a Ray remote function of its own, once (by digest and resources), so Ray ships
+it to each worker once and a call carries only its pickled arguments (``bytes``, which Ray
+handles faster than objects); a function over a megabyte pickled travels with each call.
 
 Completion, without a thread per call: a caller blocked in ``future.result()`` ``ray.get``\\ s
 its own task, as a Ray user would. A watcher thread ``ray.wait``\\ s on the calls nobody waits
-for (those older than 2 ms: a caller usually waits at once), and with more than a few calls in
-flight it fetches finished tasks in batches (one ``ray.get`` for many) while the waiting
-callers leave the fetching to it. A submit does not wake the watcher unless it sleeps (nothing
-in flight for a while) or the submit is a batch: on a small VM each thread wake-up costs about
-as much as Ray's own work for a no-op call. While calls are in flight it polls, from 1 ms up to
-every 20 ms while nothing happens, so a single call nobody waits on (``add_done_callback``,
-``as_completed``) may be noticed up to ~20 ms late. Whichever side claims a call settles it.
+for (from 2 ms after their dispatch: callers usually wait at once) and, with more than a few
+in flight, fetches finished tasks in batches while waiting callers leave it to them. A single
+submit does not wake the watcher unless it sleeps (nothing sent for 0.25 s): on a small VM a
+thread wake-up costs about as much as Ray's own work for a no-op call. While calls are in
+flight it polls every 1 to 20 ms, so a lone call nobody waits on (``add_done_callback``,
+``as_completed``) may be noticed up to ~20 ms late. Whoever claims a call settles it.
 
-``cancel()``: a call still queued in an open batch is dropped; a call in Ray (queued for
-resources or running: Ray does not tell them apart) is cancelled with
-``ray.cancel(force=True)``, which kills its worker if it runs (Ray starts another when
-needed), and raises :class:`CallCancelled`. ``shutdown(cancel_futures=True)`` cancels every
-call still in Ray.
+``cancel()`` of a call in Ray (queued for resources or running: Ray does not tell) claims it
+and calls ``ray.cancel(force=True)``, which kills its worker if it runs; it raises
+:class:`CallCancelled`. ``shutdown(cancel_futures=True)`` cancels every call still in Ray.
 
-``timeout_s`` is run time in the Ray worker, counted from the moment the worker takes the call
-up; time waiting in Ray's queue for free resources, or for a worker to start, does not count.
-A timed call runs under a watchdog in its worker (untimed calls have none and pay nothing):
+``timeout_s`` is run time in the Ray worker from the moment it takes the call up; waiting in
+Ray's queue or for a worker to start does not count. Only a timed call has a watchdog:
 
 - at ``timeout_s`` a watchdog thread writes a marker in Ray's internal key-value store (GCS)
-  and ends the worker (``os._exit(124)``); the caller, told by Ray that the worker died, reads
-  the marker and raises :class:`CallTimeout`. Granularity: the worker stops within a few ms
-  of ``timeout_s``; the caller hears of it when Ray reports the death (tens of ms here);
-- a call whose code holds the GIL (C code that never releases it) starves the watchdog thread;
-  ``SIGALRM`` (default action, no Python involved) kills its worker 2 s later. A call still
-  running after 1 s (or half its ``timeout_s``) leaves its start time in the store, so such a
-  death is still reported as :class:`CallTimeout` (a call killed that way sooner: WorkerDied);
-- caller-side backstop: the watcher reads the start markers of timed calls past ``timeout_s``
-  since dispatch; one still unsettled 5 s past its start plus ``timeout_s`` (a stopped or
-  unreachable worker) is cancelled with ``ray.cancel(force=True)`` and raises
-  :class:`CallTimeout`. A call whose start is not known yet is queued: it is looked at again
-  every 0.5 to 5 s (one store listing per look for all such calls).
+  and ends the worker (``os._exit(124)``); told by Ray that the worker died, the caller reads
+  the marker and raises :class:`CallTimeout`. Granularity: the worker stops within a few ms of
+  ``timeout_s``; the caller hears of it when Ray reports the death (tens of ms here).
+- C code that holds the GIL starves that thread: ``SIGALRM`` (default action, no Python)
+  kills the worker 2 s later. A call that ran 1 s (or half its ``timeout_s``) has left its
+  start in the store, so that is still a :class:`CallTimeout`; one that held the GIL from its
+  first millisecond leaves nothing and is reported as :class:`WorkerDied`.
+- Caller-side backstop: the watcher reads the start markers of timed calls ``timeout_s`` after
+  their dispatch (calls not started are looked at again every 0.5 to 5 s, one store listing
+  for all); a call still unsettled 5 s past its start plus ``timeout_s`` (a stopped or
+  unreachable worker) is cancelled with ``ray.cancel(force=True)``: :class:`CallTimeout`.
 
-The watchdog owns ``SIGALRM`` while a timed call runs (a function that sets its own alarm
-overrides it). Markers live under one prefix per backend in the ``hetfaas`` namespace; the few
-left by killed workers are removed at shutdown.
+The watchdog owns ``SIGALRM`` while a timed call runs. Markers live under a prefix per backend
+in the ``hetfaas`` namespace; those left by killed workers are removed at shutdown.
 """
 
 from __future__ import annotations
@@ -77,7 +68,7 @@ from ..exceptions import (
     RemoteError,
     ResourceError,
     WorkerDied,
-)
+)  # fmt: skip
 from . import contract
 from .base import Backend, CallSpec, Capacity
 from .remote import Payload, Reply, complete, fail, run_payload
@@ -129,10 +120,11 @@ def _kv() -> Any:
 
 
 def _pack(reply: Reply) -> bytes | Reply:
-    """Ray (de)serializes a ``bytes`` result faster than a Python object: small replies are
-    pickled here; large ones travel as themselves (no extra copy)."""
+    """Ray (de)serializes ``bytes`` faster than a Python object: a small reply travels as its
+    fields (a tuple: half the bytes of the dataclass, a third of the time) pickled here; a
+    large one as itself (no extra copy)."""
     if len(reply.data) < _PACK_MAX:
-        return pickle.dumps(reply, protocol=5)
+        return pickle.dumps(tuple(reply.__dict__.values()), protocol=5)
     return reply
 
 
@@ -142,14 +134,13 @@ def _run(shipped: bytes | Payload) -> bytes | Reply:
 
 
 def _run_timed(shipped: bytes | Payload, timeout_s: float, marker: bytes) -> bytes | Reply:
-    return _timed(
-        pickle.loads(shipped) if isinstance(shipped, bytes) else shipped, timeout_s, marker
-    )
+    payload = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
+    return _timed(payload, timeout_s, marker)
 
 
 def _timed(payload: Payload, timeout_s: float, marker: bytes) -> bytes | Reply:
-    """Run a timed call under the worker's watchdog (a module-level function: runners made by
-    ``_make_runner`` refer to it by name, and cloudpickle ships no watchdog object)."""
+    """A timed call under its worker's watchdog (module-level, so that cloudpickle ships the
+    runners that use it by reference, not the watchdog object)."""
     alarm = _watchdog.arm(marker, timeout_s)
     try:
         reply = run_payload(payload)
@@ -159,32 +150,23 @@ def _timed(payload: Payload, timeout_s: float, marker: bytes) -> bytes | Reply:
 
 
 def _make_runner(
-    digest: bytes,
-    fn: bytes,
-    fn_name: str,
-    sys_path: tuple[str, ...],
-    cpus: int,
-    gpus: float,
+    digest: bytes, fn: bytes, fn_name: str, sys_path: tuple[str, ...], cpus: int, gpus: float,
     timed: bool,
-) -> Any:
+) -> Any:  # fmt: skip
     """A Ray task for one function: Ray ships the function (in this closure) to each worker
     once, as it does a user's ``@ray.remote`` function; each call then carries only its
     arguments (and, if timed, its timeout and marker key)."""
-    if timed:
 
-        def run(args: bytes, timeout_s: float, marker: bytes) -> bytes | Reply:
-            payload = Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path)
-            return _timed(payload, timeout_s, marker)
+    def run(args: bytes) -> bytes | Reply:
+        return _pack(run_payload(Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path)))
 
-    else:
+    def run_timed(args: bytes, timeout_s: float, marker: bytes) -> bytes | Reply:
+        payload = Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path)
+        return _timed(payload, timeout_s, marker)
 
-        def run(args: bytes) -> bytes | Reply:  # type: ignore[misc]
-            return _pack(
-                run_payload(Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path))
-            )
-
-    run.__qualname__ = run.__name__ = f"hetfaas:{fn_name}"
-    return run
+    task = run_timed if timed else run
+    task.__qualname__ = task.__name__ = f"hetfaas:{fn_name}"
+    return task
 
 
 class _Watchdog:
@@ -281,13 +263,9 @@ class _Prepared:
     __slots__ = ("future", "key", "marker", "payload", "registered", "shipped", "timeout_s")
 
     def __init__(
-        self,
-        future: Future,
-        payload: Payload,
-        key: tuple[int, float, int | None],
-        timeout_s: float | None,
-        marker: bytes | None,
-    ) -> None:
+        self, future: Future, payload: Payload, key: tuple[int, float, int | None],
+        timeout_s: float | None, marker: bytes | None,
+    ) -> None:  # fmt: skip
         self.future = future
         self.payload = payload
         # A function of ordinary size becomes a Ray task of its own (made once), and the
@@ -448,13 +426,14 @@ class RayBackend(Backend):
             self._wake.set()
 
     def _send(self, p: _Prepared) -> Any:
-        if p.timeout_s is None:
-            if p.registered:
-                return _runner(self._ray, p.payload, p.key, False).remote(p.shipped)
-            return _remote(self._ray, p.key, False).remote(p.shipped)
-        task = _runner(self._ray, p.payload, p.key, True) if p.registered else None
-        task = task or _remote(self._ray, p.key, True)
-        return task.remote(p.shipped, float(p.timeout_s), p.marker)
+        timed = p.timeout_s is not None
+        if p.registered:
+            task = _runner(self._ray, p.payload, p.key, timed)
+        else:
+            task = _remote(self._ray, p.key, timed)
+        if timed:
+            return task.remote(p.shipped, float(p.timeout_s), p.marker)  # type: ignore[arg-type]
+        return task.remote(p.shipped)
 
     def warmup(self, n: int, resources: Resources) -> None:
         """Start up to ``n`` Ray workers for ``resources`` and wait until they ran a task."""
@@ -562,7 +541,7 @@ class RayBackend(Backend):
                 error = exc
         if error is None and isinstance(reply, bytes):
             try:
-                reply = pickle.loads(reply)
+                reply = Reply(*pickle.loads(reply))
             except Exception as exc:  # cannot happen unless hetfaas differs over there
                 error = exc
         if error is not None:
@@ -601,30 +580,22 @@ class RayBackend(Backend):
             return RemoteError(
                 type(cause).__qualname__, str(cause), getattr(err, "traceback_str", ""), iid
             )
-        if isinstance(err, ex.RayError) and call.marker is not None and self._timed_out(call):
-            return CallTimeout(
-                f"call {iid} ({name}) ran past its timeout_s={call.timeout_s} of run time in its"
-                " Ray worker, which stopped",
-                iid,
-            )
+        if not isinstance(err, ex.RayError):
+            return err
+        hint = ""
+        if call.marker is not None:  # a timed call: did its watchdog (or alarm) end it?
+            mark = self._markers([call]).get(call.marker)
+            self._drop_marker(call.marker)
+            limit = f"timeout_s={call.timeout_s}"
+            if mark and (mark[0] == "X" or time.time_ns() >= mark[1] + call.timeout_s * 1e9):  # type: ignore[operator]
+                return CallTimeout(f"call {iid} ({name}) ran past its {limit} in its worker", iid)
+            hint = f"; if it held the GIL past its {limit}, its alarm ended it"
         if isinstance(err, ex.OutOfMemoryError):
             return WorkerDied(f"call {iid} ({name}): Ray's memory monitor killed its worker", iid)
-        if isinstance(err, ex.RayError):  # worker crash, node died, object lost, ...
-            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
-            return WorkerDied(f"call {iid} ({name}): the Ray worker died ({reason})", iid)
-        return err
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+        return WorkerDied(f"call {iid} ({name}): the Ray worker died ({reason}){hint}", iid)
 
     # -------------------------------------------------------------- timed calls' markers
-
-    def _timed_out(self, call: _Call) -> bool:
-        """A timed call's worker died: was it stopped for its timeout_s?"""
-        found = self._markers([call])
-        self._drop_marker(call.marker)  # type: ignore[arg-type]
-        mark = found.get(call.marker)  # type: ignore[arg-type]
-        if mark is None:
-            return False
-        kind, start_ns = mark  # "S": its alarm (a GIL-bound call) ended it past its time
-        return kind == "X" or time.time_ns() >= start_ns + int(call.timeout_s * 1e9)  # type: ignore[operator]
 
     def _markers(self, calls: list[_Call]) -> dict[bytes, tuple[str, int]]:
         """The markers of these timed calls that their workers wrote: key -> (kind, start)."""
@@ -689,15 +660,9 @@ class RayBackend(Backend):
         with contextlib.suppress(Exception):
             self._ray.cancel(ref, force=True)
         self._drop_marker(call.marker)  # type: ignore[arg-type]
-        iid = call.future.invocation_id
-        self._fail(
-            call,
-            CallTimeout(
-                f"call {iid} ({call.payload.fn_name}) ran past its timeout_s={call.timeout_s}"
-                " and its Ray worker did not stop; its task was cancelled",
-                iid,
-            ),
-        )
+        iid, name = call.future.invocation_id, call.payload.fn_name
+        why = f"ran past its timeout_s={call.timeout_s}, its worker did not stop: task cancelled"
+        self._fail(call, CallTimeout(f"call {iid} ({name}) {why}", iid))
 
     # -------------------------------------------------------------- fetching
 
@@ -758,11 +723,7 @@ class RayBackend(Backend):
                     if call.waiters:
                         continue
                     if now - call.sent < _GRACE_S:  # its caller is likely to wait on it
-                        young = (
-                            call.sent + _GRACE_S
-                            if young is None
-                            else min(young, call.sent + _GRACE_S)
-                        )
+                        young = call.sent + _GRACE_S if young is None else young  # the oldest
                         continue
                     refs.append(ref)
                     if len(refs) >= _WATCH_MAX:
@@ -811,14 +772,9 @@ class RayBackend(Backend):
         with self._lock:
             calls = list(self._live.values())
             self._live.clear()
+        why = f"Ray stopped while the call ran ({type(exc).__name__}: {exc})"
         for call in calls:
-            self._fail(
-                call,
-                WorkerDied(
-                    f"Ray stopped while the call ran ({type(exc).__name__}: {exc})",
-                    call.future.invocation_id,
-                ),
-            )
+            self._fail(call, WorkerDied(why, call.future.invocation_id))
 
 
 # ------------------------------------------------------------------ the Ray runtime

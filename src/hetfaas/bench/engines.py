@@ -5,7 +5,8 @@ For each backend named: sequential no-op latency p50/p99 through ``hetfaas.Execu
 rate of ``map`` over 20 and over 1,000 calls (end to end: submit until the last result). Next to
 it, the raw engine doing the same: plain Submitit (``executor.submit(f).result()``,
 ``map_array`` then ``result()`` on each job) for ``submitit-local`` and ``slurm``, plain Ray
-(``ray.get(f.remote())``) for ``ray``. On Slurm, calls are also run packed (``pack=N``: all calls
+(``ray.get(f.remote())``) for ``ray``, in the same Ray session with the latency samples of
+the two interleaved. On Slurm, calls are also run packed (``pack=N``: all calls
 of a map in one allocation on a warm pool) and unpacked (one array task per call).
 
 Submitit's ``LocalExecutor`` starts one process per job at once, so 1,000 unpacked calls on
@@ -29,6 +30,7 @@ from .overhead import _pct, noop
 ENGINES = ("local", "submitit-local", "slurm", "ray")
 # Sequential latency samples per engine (full run; --quick divides by 4, at least 3).
 LATENCY_CALLS = {"local": 2000, "ray": 300, "submitit-local": 12, "slurm": 12}
+_BLOCK = 25  # ray: ours and plain Ray alternate in blocks of this many sequential calls
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -73,12 +75,7 @@ def _ours(engine: str, n_lat: int, sizes: list[int], **options: Any) -> dict[str
         ex.warmup()
         ex.submit(noop, None).result()
         lat = _latencies(lambda: ex.submit(noop, None).result(), n_lat)
-        futs = [ex.submit(noop, None) for _ in range(min(n_lat, 20))]
-        phases = {
-            k.replace("_us", "_ms"): statistics.median(getattr(f.timings, k) for f in futs) / 1e3
-            for k in ("queue_us", "cold_start_us", "transfer_in_us", "compute_us", "total_us")
-            if all(f.result() is None for f in futs)
-        }
+        phases = _phases(ex, min(n_lat, 20))
         rates: dict[str, float | None] = {}
         for n in sizes:
             rates[str(n)] = n / _timed(lambda n=n: list(ex.map(noop, range(n))))
@@ -86,6 +83,15 @@ def _ours(engine: str, n_lat: int, sizes: list[int], **options: Any) -> dict[str
     row = _row(engine, f"hetfaas {engine}" + (f" ({label})" if label else ""), lat, rates)
     row["median_phases_ms"] = phases
     return row
+
+
+def _phases(ex: Any, n: int) -> dict[str, float]:
+    futs = [ex.submit(noop, None) for _ in range(n)]
+    return {
+        k.replace("_us", "_ms"): statistics.median(getattr(f.timings, k) for f in futs) / 1e3
+        for k in ("queue_us", "cold_start_us", "transfer_in_us", "compute_us", "total_us")
+        if all(f.result() is None for f in futs)
+    }
 
 
 def _ours_packed(engine: str, sizes: list[int], **options: Any) -> dict[str, Any]:
@@ -126,16 +132,38 @@ def _plain_submitit(engine: str, n_lat: int, sizes: list[int], folder: str, **pa
     return _row(engine, "plain Submitit (job.result())", lat, rates)
 
 
-def _plain_ray(n_lat: int, sizes: list[int]) -> dict[str, Any]:
+def _ray_side_by_side(n_lat: int, sizes: list[int]) -> list[dict[str, Any]]:
+    """Ours and plain Ray (``ray.get(f.remote())``) in one Ray session, their latency samples
+    taken in alternating blocks of 25 calls, so that both see the same machine: on a shared VM
+    the load drifts by more than the difference within seconds."""
     import ray
 
-    task = ray.remote(noop)
-    ray.get([task.remote(None) for _ in range(50)])
-    lat = _latencies(lambda: ray.get(task.remote(None)), n_lat)
-    rates: dict[str, float | None] = {}
-    for n in sizes:
-        rates[str(n)] = n / _timed(lambda n=n: ray.get([task.remote(i) for i in range(n)]))
-    return _row("ray", "plain Ray (ray.get(f.remote()))", lat, rates)
+    from .._executor import Executor
+
+    with Executor("ray") as ex:  # starts Ray (unless it runs) and stops what it started
+        ex.warmup()
+        task = ray.remote(noop)
+        ray.get([task.remote(None) for _ in range(50)])
+        ex.submit(noop, None).result()
+        calls = {
+            "ours": lambda: ex.submit(noop, None).result(),
+            "raw": lambda: ray.get(task.remote(None)),
+        }
+        lat: dict[str, list[float]] = {"ours": [], "raw": []}
+        for i, start in enumerate(range(0, n_lat, _BLOCK)):
+            order = ("ours", "raw") if i % 2 == 0 else ("raw", "ours")
+            for who in order:
+                lat[who] += _latencies(calls[who], min(_BLOCK, n_lat - start))
+        phases = _phases(ex, min(n_lat, 20))
+        rates: dict[str, dict[str, float | None]] = {"ours": {}, "raw": {}}
+        for n in sizes:
+            rates["ours"][str(n)] = n / _timed(lambda n=n: list(ex.map(noop, range(n))))
+            rates["raw"][str(n)] = n / _timed(
+                lambda n=n: ray.get([task.remote(i) for i in range(n)])
+            )
+    ours = _row("ray", "hetfaas ray", lat["ours"], rates["ours"])
+    ours["median_phases_ms"] = phases
+    return [ours, _row("ray", "plain Ray (ray.get(f.remote()))", lat["raw"], rates["raw"])]
 
 
 def run_engines(
@@ -158,17 +186,7 @@ def run_engines(
         if engine == "local":
             rows.append(_ours("local", n_lat, sizes))
         elif engine == "ray":
-            import ray
-
-            started = not ray.is_initialized()
-            try:
-                rows.append(_ours("ray", n_lat, sizes))
-                if not ray.is_initialized():
-                    ray.init(include_dashboard=False, log_to_driver=False)
-                rows.append(_plain_ray(n_lat, sizes))
-            finally:
-                if started and ray.is_initialized():
-                    ray.shutdown()
+            rows += _ray_side_by_side(n_lat, sizes)
         else:
             params = {"partition": partition} if partition and engine == "slurm" else {}
             with _folder() as folder:
