@@ -350,6 +350,25 @@ def test_timeout_of_a_call_holding_the_gil(rex):
     assert time.monotonic() - t0 < 10
 
 
+def hog_ignoring_alarms(python_s: float) -> None:
+    import signal
+
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    hog_the_gil(python_s)
+
+
+def test_timeout_backstop_when_the_worker_cannot_stop_itself(rex):
+    # Neither the watchdog thread (GIL) nor SIGALRM (ignored) can stop it: the caller cancels
+    # it 5 s past its start plus timeout_s, from the start marker it left.
+    rex.submit(fx.add, 0, 0).result(timeout=60)
+    t0 = time.monotonic()
+    fut = rex.options(timeout_s=1).submit(hog_ignoring_alarms, 0.8)
+    with pytest.raises(CallTimeout, match="did not stop"):
+        fut.result(timeout=60)
+    assert 5 < time.monotonic() - t0 < 15
+    assert rex.submit(fx.add, 1, 1).result(timeout=60) == 2
+
+
 def _ray_workers() -> list[psutil.Process]:
     """Ray's worker processes under this session ("ray::IDLE", "ray::hetfaas:sleepy", ...);
     not its agents ("ray::RuntimeEnvAgent", "ray::DashboardAgent"), whose death stops Ray."""

@@ -25,6 +25,8 @@ def test_local_and_ray_next_to_raw_ray():
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert row["rates"]["3"] > 0
     assert res["ratios"]["ray p50 ours/raw"] > 0
+    ours_ray = res["rows"][1]  # measured in the same Ray session as plain Ray, interleaved
+    assert ours_ray["median_phases_ms"]["total_ms"] > 0
     assert "| ray | plain Ray" in engines.format_engines(res)
 
 
