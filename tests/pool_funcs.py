@@ -139,3 +139,7 @@ def random_draw():
     import numpy as np
 
     return float(np.random.random())
+
+
+def inverse_or_raise(i):
+    return 1 / i

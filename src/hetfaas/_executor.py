@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import backends
+from ._chunks import ChunkCall, auto_chunksize, chunk_items
 from ._future import Future
 from ._resources import DEFAULT_RESOURCES, Resources
 from .backends.base import Backend, CallSpec, Capacity
@@ -27,6 +28,36 @@ class _Shared:
         self.prefix = f"{backend.name}-{os.getpid()}-{next(_executor_ids)}"
         self.seq = itertools.count(1)
         self.batch = threading.local()
+
+
+class MapIterator:
+    """The results of a chunked ``map``, in order; ``chunks`` are the calls that carry them."""
+
+    def __init__(self, chunks: list[Future], end: float | None) -> None:
+        self.chunks = chunks
+        self._end = end
+        self._gen = self._results()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def _results(self) -> Iterator[Any]:
+        from .backends import errors
+
+        end = self._end
+        for fut in self.chunks:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            values, errs, _ = fut.result(left)
+            if errs is None:
+                yield from values
+                continue
+            for i, value in enumerate(values):
+                if i in errs:
+                    raise errors.decode(errs[i], fut.invocation_id)
+                yield value
 
 
 class Executor:
@@ -116,11 +147,7 @@ class Executor:
         if group is not None:
             fn, calls = self._grouped(fn, calls, group)
         prepared = [self._prepare(fn, args, {}) for args in calls]
-        pending = getattr(self._shared.batch, "calls", None)
-        if pending is not None:
-            pending.extend(prepared)
-        elif prepared:
-            self._shared.backend.dispatch(prepared)
+        self._hand_over(prepared)
         return [p.future for p in prepared]
 
     def map(
@@ -129,12 +156,34 @@ class Executor:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         group: Any = None,
+        chunksize: int | None = None,
     ) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``: results in order, the first error raised;
         ``timeout`` bounds the whole map, counted from this call. ``group``: see
-        ``map_futures``."""
+        ``map_futures`` (a grouped map is never chunked).
+
+        ``chunksize`` items travel per call (``None``: chosen from the map's size and the
+        workers, see :func:`hetfaas._chunks.auto_chunksize`; 1: one call per item). Each
+        item's result or error is kept: an item that raises is raised when the iteration
+        reaches it, and the items after it still ran. The calls of the chunks are in
+        ``.chunks`` of the returned iterator, with their timings."""
         end = None if timeout is None else time.monotonic() + timeout
-        futures = self.map_futures(fn, *iterables, group=group)
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
+        if group is None and chunksize != 1:
+            items: list[Any] = (
+                list(iterables[0]) if len(iterables) == 1 else list(zip(*iterables, strict=False))
+            )
+            size = chunksize or auto_chunksize(len(items), self._workers())
+            if size > 1:
+                return self._map_chunks(fn, items, len(iterables) != 1, size, end)
+            futures = (
+                self.map_futures(fn, items)
+                if len(iterables) == 1
+                else (self._map_tuples(fn, items))
+            )
+        else:
+            futures = self.map_futures(fn, *iterables, group=group)
 
         def results() -> Iterator[Any]:
             for fut in futures:
@@ -142,6 +191,34 @@ class Executor:
                 yield fut.result(fut_timeout)
 
         return results()
+
+    def _map_tuples(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Future]:
+        prepared = [self._prepare(fn, args, {}) for args in items]
+        self._hand_over(prepared)
+        return [p.future for p in prepared]
+
+    def _workers(self) -> int:
+        try:
+            return self.capacity.max_workers
+        except Exception:  # an engine that cannot say
+            return 1
+
+    def _map_chunks(
+        self, fn: Callable[..., Any], items: list[Any], star: bool, size: int, end: float | None
+    ) -> MapIterator:
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
+        call = ChunkCall(fn, star)
+        prepared = [self._prepare(call, (chunk,), {}) for chunk in chunk_items(items, size)]
+        self._hand_over(prepared)
+        return MapIterator([p.future for p in prepared], end)
+
+    def _hand_over(self, prepared: list[Any]) -> None:
+        pending = getattr(self._shared.batch, "calls", None)
+        if pending is not None:
+            pending.extend(prepared)
+        elif prepared:
+            self._shared.backend.dispatch(prepared)
 
     def _grouped(
         self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], group: Any

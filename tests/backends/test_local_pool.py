@@ -283,3 +283,27 @@ def test_workers_unmap_argument_segments_the_caller_gave_up():
         assert mapped()  # still mapped: the worker has not heard yet
         ex.submit(fx.add, 1, 1).result(timeout=60)  # carries the news
         assert mapped() == []
+
+
+def test_chunked_map_keeps_each_items_result_and_error(ex):
+    from hetfaas._chunks import auto_chunksize
+
+    assert auto_chunksize(8, 2) == 1  # a small map: one call per item
+    assert auto_chunksize(100_000, 2) > 1
+    items = list(range(-5, 3000))
+    it = ex.map(fx.inverse_or_raise, items, chunksize=250)
+    assert len(it.chunks) == -(-len(items) // 250)
+    got = []
+    with pytest.raises(ZeroDivisionError):
+        for v in it:
+            got.append(v)
+    assert got == [1 / i for i in range(-5, 0)]  # in order, up to the item that raised
+    # the items after the failing one still ran: a map of the rest is whole
+    assert list(ex.map(fx.add, range(5000), range(5000))) == [2 * i for i in range(5000)]
+    assert list(ex.map(fx.add, range(10), range(10), chunksize=3)) == [2 * i for i in range(10)]
+    first, second = it.chunks[0].result(), it.chunks[1].result()
+    assert list(first.errors) == [5] and first.values[6] == 1.0  # after the error: ran
+    assert second.errors is None and second.values == [1 / i for i in range(245, 495)]
+    assert it.chunks[1].timings.compute_us * 1e3 >= second.compute_ns * 0.99
+    with pytest.raises(ValueError, match="chunksize"):
+        ex.map(fx.add, [1], [2], chunksize=0)
