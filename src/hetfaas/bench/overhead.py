@@ -2,7 +2,8 @@
 
 Systems: a raw ``multiprocessing`` Pipe round trip (the floor for a process boundary),
 ``concurrent.futures.ProcessPoolExecutor`` and the hetfaas local backend. For each: warm no-op
-latency p50/p99 (sequential), individual-submit throughput and ``map`` throughput. Then the
+latency p50/p99 (sequential), individual-submit throughput and ``map`` throughput (1M items;
+ProcessPoolExecutor at the best of three chunksizes, ours with its automatic chunks). Then the
 time to move a 100 MB tensor argument into a worker, next to one in-process ``copy_`` of it
 into an existing buffer (the physical floor), and from a tensor already in shared memory.
 """
@@ -91,9 +92,11 @@ def bench_ppe(n_lat: int, n_tp: int, n_map: int, workers: int) -> dict[str, Any]
         list(pool.map(noop, range(200)))
         lat = _latency(pool.submit, n_lat)
         tp = _throughput(pool.submit, n_tp)
-        t0 = time.perf_counter()
-        list(pool.map(noop, range(n_map), chunksize=100))
-        mp_rate = n_map / (time.perf_counter() - t0)
+        mp_rate = 0.0
+        for chunk in (100, 1000, max(1, n_map // (4 * workers))):  # PPE at its best chunksize
+            t0 = time.perf_counter()
+            list(pool.map(noop, range(n_map), chunksize=chunk))
+            mp_rate = max(mp_rate, n_map / (time.perf_counter() - t0))
     return {"name": f"ProcessPoolExecutor({workers})", "p50_us": _pct(lat, 0.5),
             "p99_us": _pct(lat, 0.99), "calls_per_s": tp, "map_calls_per_s": mp_rate}  # fmt: skip
 
@@ -165,7 +168,7 @@ def bench_tensor(ex: Any, mb: int, reps: int) -> dict[str, float]:
 
 def run_overhead(quick: bool = False, backend: str = "local") -> dict[str, Any]:
     scale = 0.1 if quick else 1.0
-    n_lat, n_tp, n_map = int(3000 * scale), int(20000 * scale), int(100000 * scale)
+    n_lat, n_tp, n_map = int(3000 * scale), int(20000 * scale), int(1_000_000 * scale)
     cores = len(os.sched_getaffinity(0))
     rows = [bench_pipe(n_lat), bench_ppe(n_lat, n_tp, n_map, int(cores))]
     if backend == "local":  # the same pool without spinning, to show what the spin buys
@@ -194,7 +197,10 @@ def run_overhead(quick: bool = False, backend: str = "local") -> dict[str, Any]:
         "p50 <= 2x raw pipe": out["ratios"]["p50_vs_pipe"] <= 2.0,
         ">= 3x faster than ProcessPoolExecutor": out["ratios"]["ppe_p50_vs_ours"] >= 3.0,
         ">= 10,000 individual submits/s": ours["calls_per_s"] >= 10_000,
-        ">= 50,000 calls/s via map": ours["map_calls_per_s"] >= 50_000,
+        ">= 1,000,000 items/s via map": ours["map_calls_per_s"] >= 1_000_000,
+        "map >= ProcessPoolExecutor's best chunked map": (
+            ours["map_calls_per_s"] >= ppe["map_calls_per_s"]
+        ),
         "100 MB tensor <= 1.5x one copy": out["ratios"]["tensor_vs_copy"] <= 1.5,
         "100 MB shared tensor < 1 ms": tensor["tensor_100mb_shared_ms"] < 1.0,
     }
