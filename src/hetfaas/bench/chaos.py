@@ -100,7 +100,10 @@ def _ray_workers() -> list[int]:
         try:
             name = p.info["name"] or ""
             cmd = " ".join(p.info["cmdline"] or [])
-            if (name.startswith("ray::") or cmd.startswith("ray::")) and "IDLE" not in cmd:
+            label = name if name.startswith("ray::") else cmd
+            # Ray's agents (ray::RuntimeEnvAgent, ray::DashboardAgent) are not workers:
+            # killing one takes the raylet down with it
+            if label.startswith("ray::") and "IDLE" not in cmd and "Agent" not in label:
                 out.append(p.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
