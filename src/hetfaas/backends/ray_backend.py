@@ -50,8 +50,6 @@ import itertools
 import logging
 import os
 import pickle
-import signal
-import sys
 import threading
 import time
 import uuid
@@ -71,7 +69,8 @@ from ..exceptions import (
 )  # fmt: skip
 from . import contract
 from .base import Backend, CallSpec, Capacity
-from .remote import Payload, Reply, complete, fail, run_payload
+from .ray_worker import KV_NS, PACK_MAX, kv_store, make_runner, run_call, run_call_timed, touch
+from .remote import Payload, Reply, complete, fail
 
 _POLL_MIN_S = 0.001  # the watcher's ray.wait timeout right after something happened
 _POLL_MAX_S = 0.02  # ... growing to this while nothing happens
@@ -82,13 +81,8 @@ _WATCH_MAX = 64  # the watcher's ray.wait looks at most at this many (the oldest
 _TIMED_GET_S = 1.0  # a caller waiting on a timed call looks up this often (backstop settled?)
 _MiB = 1 << 20
 _log = logging.getLogger(__name__)
-_PACK_MAX = 1 << 20  # payloads and replies smaller than this travel through Ray as bytes
 
 # timeout_s (see the module docstring)
-_KV_NS = "hetfaas"
-_EXIT_TIMEOUT = 124  # a worker that stopped itself for a call's timeout_s exits with this
-_MARK_AFTER_S = 1.0  # a timed call running this long (or half its timeout_s) marks its start
-_ALARM_GRACE_S = 2.0  # SIGALRM kills a worker whose watchdog thread could not act by then
 _BACKSTOP_S = 5.0  # the caller cancels a call this long past its start plus timeout_s
 _RECHECK_S = (0.5, 5.0)  # a timed call not started yet is looked at again this often
 
@@ -96,7 +90,7 @@ _RECHECK_S = (0.5, 5.0)  # a timed call not started yet is looked at again this 
 # the last of them to shut down stops it. A runtime someone else started is left alone.
 _session_lock = threading.Lock()
 _session_users = 0
-_tasks: dict[bool, Any] = {}  # _run / _run_timed as Ray remote functions, made once
+_tasks: dict[bool, Any] = {}  # run_call / run_call_timed as Ray remote functions, made once
 _task_options: dict[tuple[tuple[int, float, int | None], bool], Any] = {}
 _runners: collections.OrderedDict[Any, Any] = collections.OrderedDict()  # see _runner
 _RUNNERS_MAX = 256
@@ -108,152 +102,6 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise ConfigurationError("backend 'ray' needs Ray: pip install 'ray[default]'") from exc
     return ray
-
-
-def _kv() -> Any:
-    from ray.experimental import internal_kv
-
-    return internal_kv
-
-
-# ------------------------------------------------------------------ in the Ray worker
-
-
-def _pack(reply: Reply) -> bytes | Reply:
-    """Ray (de)serializes ``bytes`` faster than a Python object: a small reply travels as its
-    fields (a tuple: half the bytes of the dataclass, a third of the time) pickled here; a
-    large one as itself (no extra copy)."""
-    if len(reply.data) < _PACK_MAX:
-        return pickle.dumps(tuple(reply.__dict__.values()), protocol=5)
-    return reply
-
-
-def _run(shipped: bytes | Payload) -> bytes | Reply:
-    """The Ray task of a call whose function travels with it (see ``_pack``)."""
-    return _pack(run_payload(pickle.loads(shipped) if isinstance(shipped, bytes) else shipped))
-
-
-def _run_timed(shipped: bytes | Payload, timeout_s: float, marker: bytes) -> bytes | Reply:
-    payload = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
-    return _timed(payload, timeout_s, marker)
-
-
-def _timed(payload: Payload, timeout_s: float, marker: bytes) -> bytes | Reply:
-    """A timed call under its worker's watchdog (module-level, so that cloudpickle ships the
-    runners that use it by reference, not the watchdog object)."""
-    alarm = _watchdog.arm(marker, timeout_s)
-    try:
-        reply = run_payload(payload)
-    finally:
-        _watchdog.disarm(alarm)
-    return _pack(reply)
-
-
-def _make_runner(
-    digest: bytes, fn: bytes, fn_name: str, sys_path: tuple[str, ...], cpus: int, gpus: float,
-    timed: bool,
-) -> Any:  # fmt: skip
-    """A Ray task for one function: Ray ships the function (in this closure) to each worker
-    once, as it does a user's ``@ray.remote`` function; each call then carries only its
-    arguments (and, if timed, its timeout and marker key)."""
-
-    def run(args: bytes) -> bytes | Reply:
-        return _pack(run_payload(Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path)))
-
-    def run_timed(args: bytes, timeout_s: float, marker: bytes) -> bytes | Reply:
-        payload = Payload(digest, fn, args, cpus, gpus, fn_name, 0, 0, sys_path)
-        return _timed(payload, timeout_s, marker)
-
-    task = run_timed if timed else run
-    task.__qualname__ = task.__name__ = f"hetfaas:{fn_name}"
-    return task
-
-
-class _Watchdog:
-    """In a Ray worker: ends the process when the timed call it runs passes its timeout_s
-    (see the module docstring). One thread per worker process, started by its first timed call."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._job: tuple[bytes, int, float, float, float] | None = None
-        self._marked: bytes | None = None  # whose start marker this process wrote last
-        self._thread: threading.Thread | None = None
-
-    def arm(self, marker: bytes, timeout_s: float) -> tuple[Any] | None:
-        now = time.monotonic()
-        mark_at = now + min(_MARK_AFTER_S, timeout_s / 2)
-        with self._cond:
-            self._job = (marker, time.time_ns(), mark_at, now + timeout_s, timeout_s)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="hetfaas-watchdog")
-                self._thread.daemon = True
-                self._thread.start()
-            self._cond.notify()
-        if threading.current_thread() is not threading.main_thread():
-            return None  # signals only there: the watchdog thread alone
-        previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, timeout_s + _ALARM_GRACE_S)
-        return (previous,)
-
-    def disarm(self, alarm: tuple[Any] | None) -> None:
-        if alarm is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL if alarm[0] is None else alarm[0])
-        with self._cond:
-            self._job = None
-            if self._marked is not None:  # its start marker goes
-                self._cond.notify()
-
-    def _run(self) -> None:
-        cond, kv = self._cond, _kv()
-        with cond:
-            while True:
-                job = self._job
-                if self._marked is not None and (job is None or job[0] != self._marked):
-                    stale, self._marked = self._marked, None
-                    self._outside(kv._internal_kv_del, stale)
-                    continue
-                if job is None:
-                    cond.wait()
-                    continue
-                marker, start_ns, mark_at, expire_at, timeout_s = job
-                now = time.monotonic()
-                if now >= expire_at:
-                    _expire(kv, marker, start_ns, timeout_s)
-                if now >= mark_at and self._marked != marker:
-                    self._marked = marker
-                    self._outside(kv._internal_kv_put, marker, b"S%d" % start_ns)
-                    continue
-                cond.wait((expire_at if self._marked == marker else mark_at) - now)
-
-    def _outside(self, fn: Any, *args: Any) -> None:
-        """A call to Ray's store without holding the lock (the call may end meanwhile)."""
-        self._cond.release()
-        try:
-            fn(*args, namespace=_KV_NS)
-        except Exception:
-            pass
-        finally:
-            self._cond.acquire()
-
-
-def _expire(kv: Any, marker: bytes, start_ns: int, timeout_s: float) -> None:
-    """The call ran past its timeout_s: say so where the caller looks, and end this worker."""
-    try:
-        sys.stderr.write(f"hetfaas: call ran past its timeout_s={timeout_s}; ending its worker\n")
-        sys.stderr.flush()
-        kv._internal_kv_put(marker, b"X%d" % start_ns, namespace=_KV_NS)
-    finally:
-        os._exit(_EXIT_TIMEOUT)
-
-
-_watchdog = _Watchdog()
-
-
-def _touch(hold_s: float) -> int:
-    """A task that keeps its worker busy a moment, so that ``warmup`` starts several."""
-    time.sleep(hold_s)
-    return os.getpid()
 
 
 # ------------------------------------------------------------------ in the caller
@@ -270,10 +118,10 @@ class _Prepared:
         self.payload = payload
         # A function of ordinary size becomes a Ray task of its own (made once), and the
         # call ships its arguments only; a huge one (a closure over big data) goes each time.
-        self.registered = len(payload.fn) < _PACK_MAX
+        self.registered = len(payload.fn) < PACK_MAX
         if self.registered:
             self.shipped: Any = payload.args
-        elif len(payload.args) < _PACK_MAX:
+        elif len(payload.args) < PACK_MAX:
             self.shipped = pickle.dumps(payload, protocol=5)
         else:
             self.shipped = payload
@@ -443,8 +291,8 @@ class RayBackend(Backend):
         per_task = max(resources.cpus, 1)
         n = max(1, min(n, cap.cpus // per_task or 1))
         opts = _ray_options(resources.cpus, float(resources.gpus), resources.memory_mb)
-        touch = self._ray.remote(max_retries=0)(_touch).options(**opts)
-        self._ray.get([touch.remote(0.2) for _ in range(n)])
+        busy = self._ray.remote(max_retries=0)(touch).options(**opts)
+        self._ray.get([busy.remote(0.2) for _ in range(n)])
 
     def cancel_pending(self) -> None:
         """Cancel every call still in Ray (Ray cannot tell waiting tasks from running ones)."""
@@ -481,7 +329,9 @@ class RayBackend(Backend):
         # else the watcher settles the calls still in a Ray we leave running, then exits
         if self._timed_sent and not self._live:  # markers killed workers left behind
             with contextlib.suppress(Exception):
-                _kv()._internal_kv_del(self._marker_prefix, del_by_prefix=True, namespace=_KV_NS)
+                kv_store()._internal_kv_del(
+                    self._marker_prefix, del_by_prefix=True, namespace=KV_NS
+                )
         with self._lock:
             self._closed = True
         if self._owns_session:
@@ -599,15 +449,15 @@ class RayBackend(Backend):
 
     def _markers(self, calls: list[_Call]) -> dict[bytes, tuple[str, int]]:
         """The markers of these timed calls that their workers wrote: key -> (kind, start)."""
-        kv = _kv()
+        kv = kv_store()
         out: dict[bytes, tuple[str, int]] = {}
         try:
             keys: Any = [c.marker for c in calls]
             if len(keys) > 2:  # one listing, then only the calls that wrote something
-                keys = set(kv._internal_kv_list(self._marker_prefix, namespace=_KV_NS))
+                keys = set(kv._internal_kv_list(self._marker_prefix, namespace=KV_NS))
                 keys = [c.marker for c in calls if c.marker in keys]
             for key in keys:
-                value = kv._internal_kv_get(key, namespace=_KV_NS)
+                value = kv._internal_kv_get(key, namespace=KV_NS)
                 if value and value[:1] in (b"S", b"X") and value[1:].isdigit():
                     out[key] = (value[:1].decode(), int(value[1:]))
         except Exception:  # the store is out of reach: nothing known
@@ -616,7 +466,7 @@ class RayBackend(Backend):
 
     def _drop_marker(self, key: bytes) -> None:
         with contextlib.suppress(Exception):
-            _kv()._internal_kv_del(key, namespace=_KV_NS)
+            kv_store()._internal_kv_del(key, namespace=KV_NS)
 
     def _fire_timers(self) -> None:
         """Timed calls due for a look: learn when each started, and cancel one past its start
@@ -836,12 +686,14 @@ def _ray_options(cpus: int, gpus: float, memory_mb: int | None) -> dict[str, Any
 
 
 def _remote(ray: Any, key: tuple[int, float, int | None], timed: bool) -> Any:
-    """``_run`` (or ``_run_timed``) as a Ray task with these resources (made once per kind)."""
+    """``run_call`` (or ``run_call_timed``) as a Ray task with these resources (made once
+    per kind)."""
     fn = _task_options.get((key, timed))
     if fn is None:
         task = _tasks.get(timed)
         if task is None:  # Ray's defaults: 1 CPU, no GPU, no memory reservation
-            task = ray.remote(max_retries=0, retry_exceptions=False)(_run_timed if timed else _run)
+            runner = run_call_timed if timed else run_call
+            task = ray.remote(max_retries=0, retry_exceptions=False)(runner)
             _tasks[timed] = task
         # The defaults need no .options(), which costs a little at each call.
         fn = task if key == (1, 0.0, None) else task.options(**_ray_options(*key))
@@ -857,7 +709,7 @@ def _runner(ray: Any, payload: Payload, key: tuple[int, float, int | None], time
     if fn is not None:
         _runners.move_to_end(ident)
         return fn
-    run = _make_runner(
+    run = make_runner(
         payload.digest, payload.fn, payload.fn_name, payload.sys_path, payload.cpus,
         payload.gpus, timed,
     )  # fmt: skip
