@@ -269,7 +269,10 @@ def test_chaos_killing_job_processes(tmp_path):
             ]  # fmt: skip
             if running:
                 victim = rng.choice(running)
-                os.kill(int((tmp_path / f"{victim}.pid").read_text()), signal.SIGKILL)
+                try:
+                    os.kill(int((tmp_path / f"{victim}.pid").read_text()), signal.SIGKILL)
+                except ProcessLookupError:  # it ended between the look and the kill
+                    continue
                 killed.add(victim)
             time.sleep(rng.uniform(0.05, 0.3))
         done, errors = 0, {}
