@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import pickle
@@ -149,9 +150,12 @@ class SubmititBackend(Backend):
         self.pack = pack
         self.pack_cpus = pack_cpus or len(os.sched_getaffinity(0))
         self._submitit = _import_submitit()
+        # The folder may hold Submitit's %j/%A/%a tags (Submitit fills them per job); this
+        # backend's own files go in the part before the first tag.
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="hetfaas-jobs-"))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._streams = self.folder / "replies"  # packed jobs' replies, one file per call
+        base = Path(*itertools.takewhile(lambda part: "%" not in part, self.folder.parts))
+        base.mkdir(parents=True, exist_ok=True)
+        self._streams = base / "replies"  # packed jobs' replies, one file per call
         self._streams.mkdir(exist_ok=True)
         self._parameters = parameters
         self._executor = self._make_executor()
@@ -539,6 +543,7 @@ class SlurmBackend(SubmititBackend):
         _check_slurm()
         self._release = release_requeued
         self._python = parameters.pop("slurm_python", None)  # Submitit's, at construction
+        self._max_num_timeout = parameters.pop("slurm_max_num_timeout", None)  # that too
         if partition is not None:
             parameters["slurm_partition"] = partition
         # Submitit signals a job 90 s before its time limit by default, which would stop
@@ -557,7 +562,11 @@ class SlurmBackend(SubmititBackend):
         # Jobs start through slurm_entry (Submitit's runner without its one-second wait for
         # the call's pickle) unless the user gave a python command of their own.
         python = self._python or f"{shlex.quote(sys.executable)} -u -m hetfaas.backends.slurm_entry"
-        return self._submitit.AutoExecutor(folder=self.folder, cluster="slurm", slurm_python=python)
+        extra = {} if self._max_num_timeout is None else {
+            "slurm_max_num_timeout": int(self._max_num_timeout)}  # fmt: skip
+        return self._submitit.AutoExecutor(
+            folder=self.folder, cluster="slurm", slurm_python=python, **extra
+        )
 
     def _refresh_states(self, pending: list[_Pending]) -> None:
         """Ask Slurm (one ``sacct`` for all jobs) at least every 2 s: Submitit's own watcher
