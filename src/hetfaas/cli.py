@@ -1,4 +1,6 @@
-"""``hetfaas``: the command line. ``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos``,
+"""``hetfaas``: the command line.
+
+``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit``,
 ``hetfaas rendezvous``, ``hetfaas info``."""
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ _BENCHES = {
     "kmeans": ("hetfaas.bench.kmeans", "LambdaML-style k-means with an allreduce per epoch"),
     "inference": ("hetfaas.bench.inference", "GPU inference scheduling: LB, LALB, O3 (seed 004)"),
     "chaos": ("hetfaas.bench.chaos", "calls while workers are killed at random: none lost"),
+    "submitit": ("hetfaas.bench.submitit_surface", "Submitit vs hetfaas.submitit, same code"),
 }
 
 

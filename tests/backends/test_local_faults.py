@@ -187,3 +187,33 @@ def test_512_workers_on_a_fake_core_list(monkeypatch):
         assert (starts[-1] - starts[0]) / 1e9 < 2.0  # they overlapped
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
+
+
+def test_every_waiter_sees_a_workers_exit_status():
+    """The pool's reader and a shutdown may wait for the same worker at once: each must get
+    its status (one taking it from the other left a shutdown waiting forever)."""
+    import socket
+    import threading
+
+    from hetfaas.backends.local.forkserver import ForkServer
+
+    server = ForkServer("no-such-control-segment", dict(os.environ), [])
+    mine, theirs = socket.socketpair()
+    try:
+        proc = server.fork(0, -1, {}, theirs.fileno())  # cannot attach the segment: exits
+        got: list[int | None] = []
+        waiters = [
+            threading.Thread(target=lambda: got.append(server.exit_code(proc.pid, 20)))
+            for _ in range(3)
+        ]
+        for t in waiters:
+            t.start()
+        for t in waiters:
+            t.join(30)
+        assert len(got) == 3 and got[0] is not None and got == [got[0]] * 3
+        again = server.fork(0, -1, {}, theirs.fileno())
+        assert again.wait(20) is not None  # a new process, its own status
+    finally:
+        mine.close()
+        theirs.close()
+        server.close()

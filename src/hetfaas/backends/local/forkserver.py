@@ -99,6 +99,7 @@ class ForkServer:
                 if msg is None:
                     raise OSError("the fork server did not answer")
                 if msg[0] == FORKED:
+                    self.codes.pop(msg[1], None)  # a status kept for an earlier process of that pid
                     return ForkedProcess(self, msg[1])
 
     def _read(self, timeout: float | None) -> tuple[Any, ...] | None:
@@ -120,12 +121,14 @@ class ForkServer:
 
     def exit_code(self, pid: int, timeout: float | None) -> int | None:
         """``pid``'s exit status once the server reports it; None if not within ``timeout``
-        (or the server is gone, taking its children's statuses with it)."""
+        (or the server is gone, taking its children's statuses with it). A status is kept,
+        not taken, so that every thread waiting for the same process sees it (the pool's
+        reader and a shutdown may wait at once); it is dropped when the pid is forked again."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             with self.lock:  # in slices, so that forks are not held up meanwhile
                 if pid in self.codes:
-                    return self.codes.pop(pid)
+                    return self.codes[pid]
                 left = 0.05 if end is None else min(0.05, end - time.monotonic())
                 try:
                     got = self._read(max(0.0, left))
@@ -133,7 +136,7 @@ class ForkServer:
                     return None
             if got is None and end is not None and time.monotonic() >= end:
                 with self.lock:
-                    return self.codes.pop(pid, None)
+                    return self.codes.get(pid)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
