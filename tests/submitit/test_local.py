@@ -216,6 +216,11 @@ def test_requeues_are_bounded_and_a_checkpoint_may_decline(folder, tmp_path):
             job.result()
 
 
+def test_map_array_of_unequal_lengths_is_refused(executor):
+    with pytest.raises(hetfaas.ConfigurationError, match=r"one length, got \[2, 3\]"):
+        fresh(executor).map_array(fx.add, [1, 2], [1, 2, 3])
+
+
 def test_batch_submits_together(executor):
     ex = fresh(executor)
     with ex.batch():

@@ -113,3 +113,13 @@ def test_checkpointable_requeued_on_slurm(executor, tmp_path):
     job._interrupt()  # what Slurm sends before a time limit or a preemption
     assert job.result() == (40, 2)
     assert marker.read_text().splitlines()[1].startswith("run 2 from step ")
+
+
+def test_slurm_executor_takes_submitits_slurm_names(tmp_path, executor):
+    with submitit.SlurmExecutor(folder=tmp_path / "%j") as ex:
+        ex.update_parameters(partition="debug", time=2, job_name="plain-slurm", ntasks_per_node=1)
+        job = ex.submit(fx.add, 20, 22)
+        assert job.result() == 42 and job.job_id.isdigit()
+        script = (job.paths.folder / f"{job.job_id}_submission.sh").read_text()
+        assert "#SBATCH --job-name=plain-slurm" in script
+        assert "#SBATCH --time=5" in script  # 2 minutes of run time and the backstop

@@ -133,8 +133,12 @@ class Executor:
 
     def map_array(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> list[Job]:
         """One job per element (zipped as ``map`` does), as one job array."""
-        calls = list(zip(*iterables, strict=False))
-        return self._submit_array([(fn, tuple(c), {}) for c in calls])
+        columns = [list(it) for it in iterables]
+        if len({len(c) for c in columns}) > 1:
+            raise ConfigurationError(
+                f"map_array needs iterables of one length, got {[len(c) for c in columns]}"
+            )
+        return self._submit_array([(fn, tuple(c), {}) for c in zip(*columns, strict=True)])
 
     def submit_array(self, fns: Iterable[Callable[[], Any]]) -> list[Job]:
         """One job per callable (called without arguments), as one job array."""
