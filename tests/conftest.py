@@ -1,8 +1,23 @@
 import os
+import pathlib
+import shutil
+import subprocess
 
 import pytest
 
 import hetfaas
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def start_slurm() -> None:
+    """Bring up the single-node Slurm of scripts/slurm-up (a test skips where it cannot)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("starting Slurm daemons here needs root and apt-get")
+    pytest.importorskip("submitit")
+    proc = subprocess.run([str(ROOT / "scripts" / "slurm-up")], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture

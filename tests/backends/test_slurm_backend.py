@@ -3,7 +3,6 @@
 import os
 import pathlib
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -13,6 +12,7 @@ import pytest
 import hetfaas
 
 from .. import pool_funcs as fx
+from ..conftest import start_slurm
 from . import slurm_funcs as sf
 from .test_submitit_backend import alive, pid_of, wait_for
 
@@ -24,12 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("starting Slurm daemons here needs root and apt-get")
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "slurm-up")], capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    start_slurm()
     ex = hetfaas.Executor("slurm", folder=tmp_path_factory.mktemp("slurm-jobs"))
     yield ex
     ex.shutdown(wait=False, cancel_futures=True)

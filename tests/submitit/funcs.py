@@ -63,6 +63,15 @@ def running_with(folder: str, name: str, seconds: float) -> float:
     return seconds
 
 
+def one_at_a_time(folder: str, names: list[str]) -> bool:
+    """Whether the ``running_with`` calls named ``names`` never overlapped."""
+    spans = sorted(
+        (float(Path(folder, f"{n}.start").read_text()), float(Path(folder, f"{n}.end").read_text()))
+        for n in names
+    )
+    return all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
+
+
 def gloo_allreduce() -> tuple[int, int, float]:
     """Join the job's tasks with torch.distributed (gloo) and allreduce the ranks."""
     import torch

@@ -1,8 +1,6 @@
 """AutoExecutor: the README's example unchanged but for the import; Slurm picked when it answers."""
 
-import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -12,6 +10,7 @@ import hetfaas
 from hetfaas import submitit
 
 from .. import pool_funcs as fx
+from ..conftest import start_slurm
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -34,12 +33,7 @@ def test_example_runs_unchanged_but_for_the_import(tmp_path):
 
 
 def test_auto_executor_picks_slurm_when_it_answers(tmp_path):
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("starting Slurm daemons here needs root and apt-get")
-    pytest.importorskip("submitit")
-    proc = subprocess.run([str(ROOT / "scripts" / "slurm-up")], capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    start_slurm()
     assert submitit.slurm_reachable()
     with submitit.AutoExecutor(folder=tmp_path) as executor:
         assert executor.cluster == "slurm"

@@ -4,12 +4,13 @@ import changed, on the local pool and on the real Slurm."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ..conftest import start_slurm
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "submitit").glob("*.py"))
@@ -18,12 +19,7 @@ IMPORT = "from hetfaas import submitit  # was: import submitit"
 
 @pytest.fixture(scope="module")
 def slurm_up():
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("starting Slurm daemons here needs root and apt-get")
-    pytest.importorskip("submitit")
-    proc = subprocess.run([str(ROOT / "scripts" / "slurm-up")], capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    start_slurm()
 
 
 def run_example(script: Path, cluster: str, tmp_path: Path) -> str:

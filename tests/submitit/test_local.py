@@ -146,11 +146,7 @@ def test_array_parallelism_caps_tasks_at_once(executor, tmp_path):
     names = [f"p{i}" for i in range(3)]
     jobs = ex.map_array(fx.running_with, [str(tmp_path)] * 3, names, [0.3] * 3)
     assert [j.result() for j in jobs] == [0.3] * 3
-    spans = sorted(
-        (float(Path(tmp_path, f"{n}.start").read_text()),
-         float(Path(tmp_path, f"{n}.end").read_text())) for n in names
-    )  # fmt: skip
-    assert all(spans[i][1] <= spans[i + 1][0] for i in range(2))  # one at a time
+    assert fx.one_at_a_time(str(tmp_path), names)
 
 
 def test_name_merged_logs_and_unknown_parameters(executor):

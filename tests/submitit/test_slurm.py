@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import pytest
 from hetfaas import submitit
 from hetfaas.submitit.core.utils import FailedJobError, UncompletedJobError
 
+from ..conftest import start_slurm
 from . import funcs as fx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("starting Slurm daemons here needs root and apt-get")
-    pytest.importorskip("submitit")
-    proc = subprocess.run([str(ROOT / "scripts" / "slurm-up")], capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    start_slurm()
     folder = tmp_path_factory.mktemp("slurm-surface")
     with submitit.AutoExecutor(folder=folder / "%j") as ex:
         assert ex.cluster == "slurm"
@@ -80,11 +73,7 @@ def test_array_parallelism_on_slurm(executor, tmp_path):
     jobs = ex.map_array(fx.running_with, [str(tmp_path)] * 3, names, [0.5] * 3)
     assert [j.result() for j in jobs] == [0.5] * 3
     assert len({j.job_id.split("_")[0] for j in jobs}) == 1  # one Slurm array
-    spans = sorted(
-        (float(Path(tmp_path, f"{n}.start").read_text()),
-         float(Path(tmp_path, f"{n}.end").read_text())) for n in names
-    )  # fmt: skip
-    assert all(spans[i][1] <= spans[i + 1][0] for i in range(2))  # one at a time
+    assert fx.one_at_a_time(str(tmp_path), names)
 
 
 def test_cancel_and_merged_logs_on_slurm(executor):

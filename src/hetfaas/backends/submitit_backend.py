@@ -435,7 +435,14 @@ class SubmititBackend(Backend):
             return
         if now - p.ended_at < self._grace_s or p.job.paths.result_pickle.exists():
             return
+        if p.requeue and self._requeued(p):  # the engine's record is of the run before
+            p.ended_at = 0.0
+            return
         p.fail(_job_error(p, state, "ended without a result"), self.name)
+
+    def _requeued(self, p: _Pending) -> bool:
+        """Hook: whether the engine holds this checkpointable call's job for another run."""
+        return False
 
 
 def _interrupted(reply: Reply) -> str:
@@ -591,6 +598,16 @@ class SlurmBackend(SubmititBackend):
                 job_id, state, reason = [*line.split(), "", "", ""][:3]
                 if state == "PENDING" and reason == "BeginTime":
                     _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+
+    def _requeued(self, p: _Pending) -> bool:
+        """A requeued job is in ``squeue`` again (pending, requeued, running) while Slurm's
+        accounting may still report its previous run as ended (FAILED) for seconds."""
+        try:
+            out = _run(["squeue", "-h", "-o", "%T", "-j", str(p.job.job_id)])
+        except ConfigurationError:
+            return False
+        return any(s in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                         "RUNNING", "RESIZING") for s in out.split())  # fmt: skip
 
     def cluster(self) -> ClusterInfo:
         """Every node ``sinfo`` lists, the usable ones summed, and the most one node has."""

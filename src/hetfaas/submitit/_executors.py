@@ -19,6 +19,7 @@ task ``r`` of a job is on node ``r // tasks_per_node`` (Submitit's local executo
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import shutil
@@ -225,8 +226,7 @@ class LocalExecutor(_PoolExecutor):
         nodes = int(self.parameters.get("nodes", 1))
         res = self._resources
         merged = self._merged
-        job = Job("local", folder, job_id, ntasks, str(self.parameters.get("name", "")),
-                  max_requeues=self._max_requeues, merged_logs=merged)  # fmt: skip
+        resubmit = None
         if ntasks == 1:
             env = task_variables(job_id, folder, array=array)
             after = res.timeout_s if res.timeout_s and _checkpoint_of(fn) is not None else None
@@ -235,8 +235,10 @@ class LocalExecutor(_PoolExecutor):
             def run(f: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
                 return view.submit(run_task, f, env, a, kw, after, merged)
 
-            job._resubmit = lambda d: run(d.function, tuple(d.args), dict(d.kwargs))
-            launch = functools_partial(run, fn, args, kwargs)
+            def resubmit(d: Any) -> Any:
+                return run(d.function, tuple(d.args), dict(d.kwargs))
+
+            launch = functools.partial(run, fn, args, kwargs)
         else:
             folder.mkdir(parents=True, exist_ok=True)
             port = _free_port()
@@ -249,12 +251,13 @@ class LocalExecutor(_PoolExecutor):
                 results.append(str(p.result_pickle))
             cores = self._pool.capacity.cpus or 1
             view = self._view(res.replace(cpus=max(1, min(res.cpus * ntasks, cores))))
-            launch = functools_partial(
+            launch = functools.partial(
                 view.submit, run_local_tasks, fn, args, kwargs, envs, logs, results
             )
-        job._launch = launch  # type: ignore[attr-defined]
+        job = Job("local", folder, job_id, ntasks, str(self.parameters.get("name", "")),
+                  launch, resubmit, self._max_requeues, merged)  # fmt: skip
         if start:
-            job._start(launch())
+            job.begin()
         return job
 
     def _submit_array(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
@@ -266,10 +269,6 @@ class LocalExecutor(_PoolExecutor):
         if cap is not None and jobs:
             _Feeder(jobs, int(cap)).start()
         return jobs
-
-
-def functools_partial(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    return lambda: fn(*args)
 
 
 class _Feeder(threading.Thread):
@@ -285,11 +284,9 @@ class _Feeder(threading.Thread):
     def run(self) -> None:
         for job in self.jobs:
             self.slots.acquire()
-            job._final.add_done_callback(lambda _: self.slots.release())
-            try:
-                job._start(job._launch())  # type: ignore[attr-defined]
-            except BaseException as exc:
-                job._settle(exc=exc)
+            job.add_done_callback(lambda _: self.slots.release())
+            with contextlib.suppress(Exception):  # the job holds its submission's error
+                job.begin()
 
 
 class SlurmExecutor(_PoolExecutor):
@@ -360,10 +357,12 @@ class SlurmExecutor(_PoolExecutor):
 
     def _submit_one(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                     job_id: str | None = None) -> Job:  # fmt: skip
-        job = Job("slurm", self.folder, None, self.num_tasks, str(self.parameters.get("name", "")))
         target, targs = self._prepared(fn, args, kwargs)
         kw = kwargs if target is fn else {}
-        job._start(self._view().submit(target, *targs, **kw))
+        launch = functools.partial(self._view().submit, target, *targs, **kw)
+        job = Job("slurm", self.folder, None, self.num_tasks, str(self.parameters.get("name", "")),
+                  launch)  # fmt: skip
+        job.begin()
         return job
 
     def _submit_array(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
@@ -372,10 +371,12 @@ class SlurmExecutor(_PoolExecutor):
         jobs = []
         with view.batch():
             for fn, args, kwargs in calls:
-                job = Job("slurm", self.folder, None, self.num_tasks,
-                          str(self.parameters.get("name", "")))  # fmt: skip
                 target, targs = self._prepared(fn, args, kwargs)
-                job._start(view.submit(target, *targs, **(kwargs if target is fn else {})))
+                kw = kwargs if target is fn else {}
+                launch = functools.partial(view.submit, target, *targs, **kw)
+                job = Job("slurm", self.folder, None, self.num_tasks,
+                          str(self.parameters.get("name", "")), launch)  # fmt: skip
+                job.begin()
                 jobs.append(job)
         return jobs
 

@@ -82,15 +82,19 @@ class Job:
         job_id: str | None = None,
         num_tasks: int = 1,
         name: str = "",
+        launch: Callable[[], Future] | None = None,
         resubmit: Callable[[Any], Future] | None = None,
         max_requeues: int = 0,
         merged_logs: bool = False,
     ) -> None:
+        """``launch`` submits the job's first run; ``resubmit(delayed)`` a requeued one (a
+        checkpoint's ``DelayedSubmission``)."""
         self.cluster = cluster
         self._folder = folder
         self._job_id = job_id  # None on Slurm: the engine's id, once it is known
         self.num_tasks = num_tasks
         self.name = name
+        self._launch = launch
         self._resubmit = resubmit
         self._requeues_left = max_requeues
         self.requeues = 0  # how many times a checkpoint requeued it
@@ -102,6 +106,16 @@ class Job:
         self._cancelled = False
 
     # ------------------------------------------------------------------ life cycle
+
+    def begin(self) -> None:
+        """Submit the job's first run (the executor calls it, at once or when an array's
+        parallelism lets it start)."""
+        assert self._launch is not None
+        try:
+            self._start(self._launch())
+        except BaseException as exc:
+            self._settle(exc=exc)
+            raise
 
     def _start(self, future: Future) -> None:
         """Follow ``future`` (the job's first run, or a requeued one)."""
@@ -266,6 +280,15 @@ class Job:
     def awaitable(self) -> AsyncJobProxy:
         return AsyncJobProxy(self)
 
+    def as_future(self) -> cf.Future[Any]:
+        """The job's final outcome as a ``concurrent.futures.Future`` (for ``cf.wait``,
+        ``asyncio.wrap_future``); its result is the raw outcome, not ``result()``'s."""
+        return self._final
+
+    def add_done_callback(self, fn: Callable[[Job], Any]) -> None:
+        """Call ``fn(job)`` once the job has ended (at once if it has)."""
+        self._final.add_done_callback(lambda _: fn(self))
+
     def _interrupt(self) -> None:
         """Send the job what Slurm sends before a time limit or a preemption (``USR2``), to
         try a checkpointable job's requeue (Submitit's test hook; Slurm only)."""
@@ -339,6 +362,9 @@ class TaskJob(Job):
     def cancel(self, check: bool = True) -> bool:
         return self._parent.cancel(check)
 
+    def as_future(self) -> cf.Future[Any]:
+        return self._parent.as_future()
+
     def awaitable(self) -> AsyncJobProxy:
         return AsyncJobProxy(self)
 
@@ -367,9 +393,8 @@ class AsyncJobProxy:
         self.job = job
 
     async def wait(self, poll_interval: float = 1) -> None:
-        final = self.job._final if not isinstance(self.job, TaskJob) else self.job._parent._final
         with contextlib.suppress(BaseException):
-            await asyncio.wrap_future(final)
+            await asyncio.wrap_future(self.job.as_future())
 
     async def result(self, poll_interval: float = 1) -> Any:
         await self.wait(poll_interval)

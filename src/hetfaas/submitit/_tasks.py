@@ -161,13 +161,7 @@ def _task_process(
         sys.stderr = sys.stdout if err == out else open(err, "a", buffering=1)  # noqa: SIM115
         for fd, stream in ((1, sys.stdout), (2, sys.stderr)):  # subprocesses' output too
             os.dup2(stream.fileno(), fd)
-        try:
-            outcome = Outcome(True, fn(*args, **kwargs))
-        except BaseException as exc:
-            trace = traceback.format_exc()
-            sys.stderr.write(trace)
-            outcome = Outcome(False, None, errors.encode(exc), trace)
-        _write_outcome(result, outcome)
+        _write_outcome(result, _outcome_of(fn, args, kwargs))
     except BaseException:
         code = 1
     finally:
@@ -175,6 +169,16 @@ def _task_process(
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def _outcome_of(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
+    """Run one task; its value, or its error with the traceback (also printed to stderr)."""
+    try:
+        return Outcome(True, fn(*args, **kwargs))
+    except BaseException as exc:
+        trace = traceback.format_exc()
+        sys.stderr.write(trace)
+        return Outcome(False, None, errors.encode(exc), trace)
 
 
 def _write_outcome(path: str, outcome: Outcome) -> None:
@@ -208,14 +212,8 @@ def run_slurm_task(
     """One ``srun`` task of a multi-task Slurm job. Task 0 returns every task's outcome."""
     job_id = os.environ.get("SLURM_JOB_ID", "0")
     rank, ntasks = int(os.environ.get("SLURM_PROCID", 0)), int(os.environ.get("SLURM_NTASKS", 1))
-    try:
-        outcome = Outcome(True, fn(*args, **kwargs))
-    except BaseException as exc:
-        trace = traceback.format_exc()
-        sys.stderr.write(trace)
-        outcome = Outcome(False, None, errors.encode(exc), trace)
     path = Path(folder) / f"{job_id}_{rank}_tasks.pkl"
-    _write_outcome(str(path), outcome)
+    _write_outcome(str(path), _outcome_of(fn, args, kwargs))
     if rank:
         return None
     paths = [Path(folder) / f"{job_id}_{i}_tasks.pkl" for i in range(ntasks)]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ._environment import MASTER_PORT, JobEnvironment
-from ._job import Job, TaskJob
+from ._job import Job
 from .core.utils import DelayedSubmission, FailedJobError
 
 _CLUSTER_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SUBMITIT_", "HETFAAS_JOB_")
@@ -104,15 +104,6 @@ class CommandFunction:
         return proc.stdout.strip()
 
 
-def _final(job: Job) -> cf.Future[Any]:
-    if isinstance(job, TaskJob):
-        return job._parent._final
-    final = getattr(job, "_final", None)
-    if final is None:
-        raise TypeError(f"not a hetfaas.submitit job: {job!r}")
-    return final
-
-
 def as_completed(
     jobs: Sequence[Job], timeout: float | None = None, poll_frequency: float = 10
 ) -> Iterator[Job]:
@@ -122,7 +113,9 @@ def as_completed(
         job.done()  # a debug job runs here
     by_future: dict[cf.Future[Any], list[Job]] = {}
     for job in jobs:
-        by_future.setdefault(_final(job), []).append(job)
+        if not isinstance(job, Job):
+            raise TypeError(f"not a hetfaas.submitit job: {job!r}")
+        by_future.setdefault(job.as_future(), []).append(job)
     try:
         for fut in cf.as_completed(by_future, timeout=timeout):
             yield from by_future[fut]
