@@ -1,7 +1,7 @@
 """``hetfaas``: the command line.
 
 ``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit``,
-``hetfaas rendezvous``, ``hetfaas info``."""
+``hetfaas monitor [--interval S] [--out DIR] -- CMD``, ``hetfaas rendezvous``, ``hetfaas info``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     rendezvous = sub.add_parser("rendezvous", help="pair tcp:// collective peers by group")
     importlib.import_module("hetfaas.collectives.channels.rendezvous").add_arguments(rendezvous)
     rendezvous.set_defaults(module="hetfaas.collectives.channels.rendezvous")
+    monitor = sub.add_parser("monitor", help="run a command bare metal under the sampler")
+    importlib.import_module("hetfaas.monitor").add_arguments(monitor)
+    monitor.set_defaults(module="hetfaas.monitor")
     info = sub.add_parser("info", help="describe this machine and the local pool")
     info.set_defaults(module=None)
     return parser
