@@ -53,7 +53,7 @@ def plot(samples: Sequence[Sample], path: Path, title: str = "") -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
     panels = [
         ("CPU (% of one core)", [s.cpu_percent for s in samples]),
-        ("memory, RSS (MiB)", [s.rss_mb for s in samples]),
+        ("memory (MiB; PSS for several processes)", [s.rss_mb for s in samples]),
         ("GPU utilisation (%)", [s.gpu_util_percent for s in samples]),
         ("GPU memory (MiB)", [s.gpu_mem_mb for s in samples]),
     ]
