@@ -109,7 +109,8 @@ def monitor_command(
 ) -> tuple[int, Usage, Sampler]:
     """Run ``command`` bare metal under the sampler; write ``samples.csv``, ``usage.png`` and
     ``summary.md`` to ``out`` (when given). CPU time and the largest process's peak RSS come
-    from the OS once the command has ended (``getrusage`` of the reaped children)."""
+    from the OS once the command has ended (``getrusage`` of the reaped children; the peak only
+    when it rose during the run, as it is the largest child this process ever reaped)."""
     cpus = cpus or len(os.sched_getaffinity(0))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
@@ -126,8 +127,11 @@ def monitor_command(
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # ru_maxrss of the children is the largest child this process ever reaped: the command's
+    # only when it rose during the run
+    reaped_peak = after.ru_maxrss / 1024 if after.ru_maxrss > before.ru_maxrss else None
     usage = usage_of(sampler.samples, cpus, memory_mb, sampler.gpu_count, cpu_s=cpu_s,
-                     wall_s=wall, peak_rss_mb=after.ru_maxrss / 1024)  # fmt: skip
+                     wall_s=wall, peak_rss_mb=reaped_peak)  # fmt: skip
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(sampler.samples, out / "samples.csv")
