@@ -143,3 +143,14 @@ def random_draw():
 
 def inverse_or_raise(i):
     return 1 / i
+
+
+def burn_and_hold(seconds, mib):
+    """Hold ``mib`` MiB (touched) while burning ``seconds`` of CPU; return ``mib``."""
+    block = bytearray(mib * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return mib

@@ -48,6 +48,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self.seq = seq
         self._timings: Timings | None = None
         self._stamps: Stamps | None = None
+        self._usage: Any = None  # a CallUsage, set by the backend contract's complete
         self._waiter_hook: Callable[[Future, float | None], None] | None = None  # (fut, deadline)
         self._canceller: Callable[[Future], bool] | None = None  # stops a running call
         self.stdout = ""
@@ -65,6 +66,18 @@ class Future(cf.Future):  # type: ignore[type-arg]
         return cond
 
     # -------------------------------------------------------------- identity and timings
+
+    @property
+    def usage(self) -> Any:
+        """What the call used (a :class:`hetfaas.monitor.Usage`: CPU seconds, CPU efficiency,
+        peak RSS, memory efficiency, advice), or None where the backend did not measure it
+        (the local pool measures calls of functions that run 1 ms or more)."""
+        raw = self._usage
+        if raw is None:
+            return None
+        from .monitor.summary import usage_of_call
+
+        return usage_of_call(raw)
 
     @property
     def invocation_id(self) -> str:

@@ -70,6 +70,18 @@ class Timings:
         return d
 
 
+class CallUsage(NamedTuple):
+    """What a call used, as a backend measured it (raw; ``Future.usage`` reads it as a
+    :class:`hetfaas.monitor.Usage` with efficiencies and advice)."""
+
+    wall_s: float  # the function's run time
+    cpu_s: float  # CPU seconds of the process that ran it, over that time (every thread)
+    cpus: int  # cores requested
+    peak_rss_mb: float  # the running process's peak RSS at the call's end (its high-water mark)
+    memory_mb: float | None = None  # memory requested
+    gpus: int = 0
+
+
 class Stamps(NamedTuple):
     """What a backend records of one call, in nanoseconds: the phases (which sum to
     ``total_ns``), the stamps and where it ran. Cheap to make on the hot path;

@@ -307,3 +307,28 @@ def test_chunked_map_keeps_each_items_result_and_error(ex):
     assert it.chunks[1].timings.compute_us * 1e3 >= second.compute_ns * 0.99
     with pytest.raises(ValueError, match="chunksize"):
         ex.map(fx.add, [1], [2], chunksize=0)
+
+
+def test_usage_of_a_call_cpu_seconds_and_peak_memory(ex):
+    view = ex.options(cpus=1, memory_mb=1024)
+    fut = view.submit(fx.burn_and_hold, 0.3, 150)
+    assert fut.result() == 150
+    u = fut.usage
+    assert u is not None and u.cpus == 1 and u.memory_mb == 1024
+    assert 0.25 <= u.cpu_s <= fut.timings.compute_us / 1e6 * 1.05  # its own burn, no more
+    assert u.cpu_efficiency > 0.5  # busy on its one core
+    assert u.peak_rss_mb >= 150  # the 150 MiB it held
+    assert u.memory_efficiency == pytest.approx(u.peak_rss_mb / 1024)
+    assert any("of the requested memory" in a for a in u.advice)
+    sleeper = ex.submit(fx.sleepy, 0.3)
+    sleeper.result()
+    assert sleeper.usage.cpu_efficiency < 0.2  # waited, did not compute
+
+
+def test_short_calls_are_not_measured_once_known_short(ex):
+    first = ex.submit(fx.add, 1, 2)
+    first.result()
+    assert first.usage is not None  # a function never seen is measured once
+    later = [ex.submit(fx.add, i, i) for i in range(5)]
+    [f.result() for f in later]
+    assert later[-1].usage is None  # known to run in under 1 ms: the clocks would cost more

@@ -9,6 +9,7 @@ A backend never writes a :class:`~hetfaas.Future`'s fields; it calls these funct
                                        # False: it was cancelled meanwhile, drop it
       complete(fut, value, timings=Stamps(...))          # the result, or
       complete(fut, error=exc, timings=Timings(...))     # the error
+      complete(..., usage=CallUsage(...))                # and, if measured, what it used
                                        # -> False when the future had already ended
 
 ``timings`` is a :class:`Stamps` (nanoseconds, cheap to make on a hot path) or a
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._future import Future
-from .._invocation import Stamps, Timings
+from .._invocation import CallUsage, Stamps, Timings
 
 Waiter = Callable[[Future, "float | None"], None]
 Canceller = Callable[[Future], bool]
@@ -65,14 +66,19 @@ def complete(
     *,
     error: BaseException | None = None,
     timings: Stamps | Timings | None = None,
+    usage: CallUsage | None = None,
 ) -> bool:
-    """Settle ``future`` with ``result`` (or ``error``) and its ``timings``. Returns False,
-    changing nothing, when the future had already ended (cancelled)."""
+    """Settle ``future`` with ``result`` (or ``error``), its ``timings`` and, where the
+    backend measured it, its ``usage``. Returns False, changing nothing, when the future had
+    already ended (cancelled)."""
     if not isinstance(future, Future):
         raise TypeError(f"complete() needs a hetfaas Future, got {type(future).__name__}")
     if error is not None and not isinstance(error, BaseException):
         raise TypeError(f"error must be an exception, got {type(error).__name__}")
+    if usage is not None:
+        future._usage = usage
     return future._settle(result, error, timings)
 
 
-__all__ = ["Canceller", "Stamps", "Timings", "Waiter", "attach", "complete", "detach", "start"]
+__all__ = ["CallUsage", "Canceller", "Stamps", "Timings", "Waiter", "attach", "complete", "detach",
+           "start"]  # fmt: skip

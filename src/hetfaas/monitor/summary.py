@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .sampler import Sample
 
@@ -64,6 +65,12 @@ def usage_of(
     return Usage(**{**base.__dict__, "advice": tuple(advise(base))})
 
 
+def usage_of_call(raw: Any) -> Usage:
+    """A call's :class:`Usage` from a backend's ``CallUsage``."""
+    base = Usage(raw.wall_s, raw.cpu_s, raw.cpus, raw.peak_rss_mb, raw.memory_mb, raw.gpus)
+    return Usage(**{**base.__dict__, "advice": tuple(advise(base))})
+
+
 def advise(u: Usage) -> list[str]:
     """jobstats-style lines: what was used of what was asked, and what to ask for next."""
     out = []
@@ -102,4 +109,4 @@ def _size(mb: float) -> str:
     return f"{mb / 1024:.2f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
 
 
-__all__ = ["Usage", "advise", "usage_of"]
+__all__ = ["Usage", "advise", "usage_of", "usage_of_call"]

@@ -36,7 +36,7 @@ import psutil
 
 from ... import serialize
 from ..._future import Future
-from ..._invocation import Stamps
+from ..._invocation import CallUsage, Stamps
 from ..._resources import Resources
 from ...exceptions import (
     CallCancelled,
@@ -72,6 +72,10 @@ BATCH_NS = 2_000_000
 READER_NAP_S = 0.05  # the background reader steps in this long after the last waiter left
 CANCEL_GRACE_NS = 1_000_000_000  # a cancelled call not back this long after SIGUSR1 (stuck in
 # C code that never checks for signals): its worker is killed
+# Calls of functions that ran at least this long (their mean so far), or never ran yet, are
+# measured (CPU time, peak RSS: future.usage). Reading the clocks costs 10-20 us on a VM
+# (clock_gettime(CPUTIME) and getrusage are system calls there), too much for short calls.
+USAGE_MIN_NS = 1_000_000
 TIMER_POLL_NS = 2_000_000  # how often a timed call that has not begun is looked at again
 _live_pools: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 
@@ -451,9 +455,9 @@ class LocalBackend(Backend):
                 call.started = True
             payload = None if call.digest in w.shipped else call.payload
             w.shipped.add(call.digest)
-            calls.append(
-                (call.future.seq, call.digest, payload, call.data, call.descs, w.cpus, call.capture)
-            )
+            mean = self._fn_ns.get(call.digest)
+            calls.append((call.future.seq, call.digest, payload, call.data, call.descs, w.cpus,
+                          call.capture, mean is None or mean >= USAGE_MIN_NS))  # fmt: skip
             sent.append(call)
         if not calls:
             if not w.inflight:
@@ -810,7 +814,7 @@ class LocalBackend(Backend):
 
     def _complete(self, w: WorkerHandle, call: CallRecord, reply: tuple[Any, ...]) -> None:
         (_, status, data, descs, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained,
-         recv_ns) = reply  # fmt: skip
+         cpu_ns, maxrss_kb, recv_ns) = reply  # fmt: skip
         fut = call.future
         fut.stdout, fut.stderr = out, err
         exc: BaseException | None = None
@@ -839,7 +843,12 @@ class LocalBackend(Backend):
             total - cold - t_in - compute - t_out, cold, t_in, compute, t_out, total,
             call.t_submit, start_ns, end_ns, t_done, w.index, w.pid, w.cpus, w.gpus,
         )  # fmt: skip
-        complete(fut, value, error=exc, timings=stamps)
+        usage = None
+        if cpu_ns >= 0:
+            res = call.resources
+            usage = CallUsage(compute / 1e9, cpu_ns / 1e9, res.cpus, maxrss_kb / 1024,
+                              res.memory_mb, len(w.gpus))  # fmt: skip
+        complete(fut, value, error=exc, timings=stamps, usage=usage)
 
     def _track(self, w: WorkerHandle) -> Any:
         pid, ref = w.pid, weakref.ref(w)

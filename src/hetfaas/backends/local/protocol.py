@@ -2,13 +2,17 @@
 
 caller -> worker
     (CALLS, [call, ...], releases)   call = (seq, digest, fn_payload | None, data, descs, cpus,
-                                     capture_output); releases: result segments the caller
-                                     no longer uses, and argument segments it gave up
+                                     capture_output, measure); releases: result segments the
+                                     caller no longer uses, and argument segments it gave up
     (EXIT,)
 worker -> caller
     (READY, pid, ready_ns, preload_ns)
     (RESULTS, [reply, ...])          reply = (seq, status, data, descs, deser_ns, start_ns,
-                                     end_ns, fn_load_ns, stdout, stderr, retained, recv_ns)
+                                     end_ns, fn_load_ns, stdout, stderr, retained, cpu_ns,
+                                     maxrss_kb, recv_ns)
+
+``measure``: the worker reads its CPU time around the function and its peak RSS after it
+(``cpu_ns`` -1 and ``maxrss_kb`` 0 when it did not).
 
 ``status`` is VALUE, EXCEPTION (data: what ``hetfaas.backends.errors.encode`` made) or
 CANCELLED (the call was cancelled: interrupted, or skipped before it began).

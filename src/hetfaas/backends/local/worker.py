@@ -12,6 +12,7 @@ import importlib
 import io
 import os
 import pickle
+import resource
 import signal
 import struct
 import sys
@@ -101,7 +102,7 @@ class Worker:
                 pack("<qq", self.control, slot, call[0], 0)
                 if self.cancel_seq() == call[0]:  # cancelled before it began: do not run it
                     pending.append((call[0], P.CANCELLED, b"", (), t_call, t_call, t_call, 0,
-                                    "", "", [], recv_ns))  # fmt: skip
+                                    "", "", [], -1, 0, recv_ns))  # fmt: skip
                 else:
                     pending.append((*self.execute(call), recv_ns))
                 now = time.perf_counter_ns()
@@ -117,11 +118,12 @@ class Worker:
             pack("<qq", self.control, slot, 0, 0)
 
     def execute(self, call: tuple[Any, ...]) -> tuple[Any, ...]:
-        seq, digest, payload, data, descs, cpus, capture = call
+        seq, digest, payload, data, descs, cpus, capture, measure = call
         deser_ns = time.perf_counter_ns()
         fn_load_ns = start_ns = 0
         views: list[tuple[weakref.ref[Any], str]] = []
         out = err = ""
+        cpu0 = cpu_ns = -1  # -1: not measured (a short call: the clocks cost more than it)
         try:
             fn = self.functions.get(digest)
             if fn is None:
@@ -145,6 +147,8 @@ class Worker:
             start_ns = time.perf_counter_ns()
             struct.pack_into("<q", self.control, self.index * P.CONTROL_SLOT + 8, start_ns)
             self.in_fn = True  # from here SIGUSR1 may interrupt (see on_cancel)
+            if measure:
+                cpu0 = time.process_time_ns()
             if capture:
                 so, se = io.StringIO(), io.StringIO()
                 with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
@@ -156,6 +160,8 @@ class Worker:
                 value = fn(*args, **kwargs)
             self.in_fn = False
             end_ns = time.perf_counter_ns()
+            if measure:
+                cpu_ns = time.process_time_ns() - cpu0
             del args, kwargs
             if type(value) in _SIMPLE:
                 reply = (seq, P.VALUE, pickle.dumps(value, protocol=5), ())
@@ -174,12 +180,15 @@ class Worker:
         except BaseException as exc:  # everything the function raises goes back to the caller
             self.in_fn = False
             end_ns = time.perf_counter_ns()
+            if cpu0 >= 0:
+                cpu_ns = time.process_time_ns() - cpu0
             start_ns = start_ns or end_ns
             reply = (seq, P.EXCEPTION, errors.encode(exc), ())
             exc.__traceback__ = None
             del exc
         retained = [name for ref, name in views if ref() is not None and "-a-" in name]
-        return (*reply, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained)
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if cpu_ns >= 0 else 0
+        return (*reply, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained, cpu_ns, maxrss)
 
 
 class CallInterrupted(BaseException):
