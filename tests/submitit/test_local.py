@@ -134,6 +134,18 @@ def _one_of_three(folder: str, names: list[str], seconds: float) -> float:
     return fx.running_with(folder, names[rank], seconds)
 
 
+def test_results_as_completed_of_a_multi_task_job(executor):
+    ex = fresh(executor, tasks_per_node=2)
+    job = ex.submit(fx.where)
+
+    async def main() -> list[dict]:
+        return [await aws for aws in job.awaitable().results_as_completed()]
+
+    out = asyncio.run(main())
+    assert sorted(o["global_rank"] for o in out) == [0, 1]
+    assert asyncio.run(job.awaitable().results()) == job.result()
+
+
 def test_torch_distributed_gloo_across_the_tasks_of_a_job(executor):
     pytest.importorskip("torch")
     ex = fresh(executor, tasks_per_node=2)
