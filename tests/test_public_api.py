@@ -36,3 +36,11 @@ def test_unknown_backend_option_is_named():
         hetfaas.Executor(max_worker=2)
     with pytest.raises(hetfaas.ConfigurationError, match="spin_us"):
         hetfaas.Executor(spin_us=-1)
+
+
+def test_submodules_are_reached_from_the_package():
+    import hetfaas
+
+    assert hetfaas.monitor.Sampler and hetfaas.submitit.AutoExecutor and hetfaas.metrics
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        hetfaas.nope  # noqa: B018

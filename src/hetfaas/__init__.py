@@ -82,3 +82,13 @@ __all__ = [
     "shared_array",
     "shared_tensor",
 ]
+
+_SUBMODULES = ("metrics", "monitor", "submitit")  # imported when first used: hetfaas.monitor...
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

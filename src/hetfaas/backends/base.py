@@ -67,3 +67,8 @@ class Backend(ABC):
 
     def cancel_pending(self) -> None:  # noqa: B027 - optional hook
         """Cancel the calls not yet started."""
+
+    def stats(self) -> dict[str, int]:
+        """What the engine holds now, for metrics and dashboards: any of ``workers_starting``,
+        ``workers_idle``, ``workers_busy``, ``queued``, ``running`` it can tell (none here)."""
+        return {}

@@ -287,6 +287,18 @@ class LocalBackend(Backend):
         with self._lock:
             return [w.pid for w in self._workers.values() if w.state != DEAD]
 
+    def stats(self) -> dict[str, int]:
+        """Workers by state and calls queued and running, now."""
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.state != DEAD]
+            return {
+                "workers_starting": sum(w.state == STARTING for w in workers),
+                "workers_idle": sum(w.state == IDLE for w in workers),
+                "workers_busy": sum(w.state == BUSY for w in workers),
+                "queued": sum(len(q) for q in self._queues.values()),
+                "running": sum(len(w.inflight) for w in workers),
+            }
+
     def cancel_pending(self) -> None:
         with self._lock:
             for q in self._queues.values():
