@@ -409,3 +409,11 @@ def test_chaos_killing_ray_workers(rex):
             outcomes["died"] += 1
     assert kills and outcomes["ok"] > 0
     assert rex.submit(fx.add, 4, 4).result(timeout=60) == 8  # Ray serves on
+
+
+def test_usage_of_a_ray_call(rex):
+    fut = rex.options(memory_mb=512).submit(fx.burn_and_hold, 0.2, 40)
+    assert fut.result(timeout=60) == 40
+    u = fut.usage
+    assert 0.15 <= u.cpu_s <= fut.timings.compute_us / 1e6 * 1.05 + 0.01
+    assert u.peak_rss_mb >= 40 and u.memory_mb == 512

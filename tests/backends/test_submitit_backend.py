@@ -286,3 +286,11 @@ def test_chaos_killing_job_processes(tmp_path):
         assert done + len(errors) == len(names)
         runs = [len((tmp_path / f"{n}.runs").read_text().splitlines()) for n in names]
         assert runs == [1] * len(names)  # counted inside the calls: none ran twice
+
+
+def test_usage_of_a_job(sex):
+    fut = sex.submit(fx.burn_and_hold, 0.2, 40)
+    assert fut.result(timeout=120) == 40
+    u = fut.usage
+    assert 0.15 <= u.cpu_s <= fut.timings.compute_us / 1e6 * 1.05 + 0.01
+    assert u.peak_rss_mb >= 40 and u.cpu_efficiency > 0.5

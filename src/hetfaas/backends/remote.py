@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from .._future import Future
-from .._invocation import Stamps
+from .._invocation import CallUsage, Stamps
 from .._resources import Resources
 from .._threads import ThreadPools
 from ..exceptions import SerializationError
@@ -50,6 +51,7 @@ class Payload:
     sys_path: tuple[str, ...] = ()  # the caller's, so modules it can import resolve there too
     timeout_s: float | None = None  # run time allowed from the function's start, for engines
     # whose job enforces it itself (hetfaas.backends.slurm_job.run_call); None: no limit there
+    memory_mb: float | None = None  # requested (for the call's usage)
 
     @classmethod
     def build(
@@ -66,7 +68,16 @@ class Payload:
             ) from exc
         paths = tuple(dict.fromkeys(p or os.getcwd() for p in sys.path))
         return cls(
-            digest, fn_bytes, data, resources.cpus, resources.gpus, name, t0, time.time_ns(), paths
+            digest,
+            fn_bytes,
+            data,
+            resources.cpus,
+            resources.gpus,
+            name,
+            t0,
+            time.time_ns(),
+            paths,
+            memory_mb=resources.memory_mb,
         )
 
     def with_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
@@ -99,6 +110,8 @@ class Reply:
     host: str = ""
     cpus: tuple[int, ...] = field(default_factory=tuple)
     gpus: str = ""
+    cpu_ns: int = -1  # CPU time of the engine process while the function ran (-1: unknown)
+    maxrss_kb: int = 0  # the engine process's peak RSS at the function's end
 
 
 def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None) -> Reply:
@@ -107,6 +120,7 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
     so that unpickling and imports do not count against the call's ``timeout_s``)."""
     begin = time.time_ns()
     load_ns = start = 0
+    cpu0 = cpu_ns = -1
     sys.path.extend(p for p in payload.sys_path if p not in sys.path)
     try:
         fn = _loaded.get(payload.digest)
@@ -124,8 +138,10 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
         start = time.time_ns()
         if on_start is not None:
             on_start(start)
+        cpu0 = time.process_time_ns()
         value = fn(*args, **kwargs)
         end = time.time_ns()
+        cpu_ns = time.process_time_ns() - cpu0
         try:
             data = cloudpickle.dumps(value, protocol=5)
         except Exception as exc:
@@ -135,12 +151,15 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
         ok = True
     except BaseException as exc:  # every error of the call goes back to the caller
         end = time.time_ns()
+        if start and cpu0 >= 0 and cpu_ns < 0:
+            cpu_ns = time.process_time_ns() - cpu0
         start = start or end
         ok, data = False, errors.encode(exc)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if cpu_ns >= 0 else 0
     return Reply(
         ok, data, begin, start, end, load_ns, _process_start_ns(), os.getpid(),
         os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
-        os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        os.environ.get("CUDA_VISIBLE_DEVICES", ""), cpu_ns, maxrss,
     )  # fmt: skip
 
 
@@ -206,7 +225,11 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
         queue, cold, t_in, compute, t_out, total, t0, reply.start_ns, reply.end_ns, done,
         -1, reply.pid, reply.cpus, gpus, backend,
     )  # fmt: skip
-    settle(fut, value, error=exc, timings=stamps)
+    usage = None
+    if reply.cpu_ns >= 0:
+        usage = CallUsage(compute / 1e9, reply.cpu_ns / 1e9, payload.cpus,
+                          reply.maxrss_kb / 1024, payload.memory_mb, len(gpus))  # fmt: skip
+    settle(fut, value, error=exc, timings=stamps, usage=usage)
 
 
 def fail(fut: Future, payload: Payload, exc: BaseException, backend: str) -> None:
