@@ -158,8 +158,7 @@ class Countdown(helpers.Checkpointable):
         return self.done, self.runs
 
 
-def test_checkpointable_call_is_requeued_with_its_state(slurm, tmp_path):
-    marker = tmp_path / "runs.txt"
+def _requeue_once(slurm, marker):
     fut = slurm.submit(Countdown(str(marker)), 60)
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
@@ -167,7 +166,19 @@ def test_checkpointable_call_is_requeued_with_its_state(slurm, tmp_path):
     time.sleep(1.5)  # some progress to keep
     # What Slurm sends before a time limit or a preemption (Submitit's own test hook does this)
     subprocess.run(["scancel", "--signal", "USR2", fut.engine_id], check=True)
-    steps, runs = fut.result(timeout=240)
+    return fut.result(timeout=240)
+
+
+def test_checkpointable_call_is_requeued_with_its_state(slurm, tmp_path):
+    marker = tmp_path / "runs.txt"
+    try:
+        steps, runs = _requeue_once(slurm, marker)
+    except hetfaas.JobFailed as exc:
+        # This single-node Slurm now and then fails a job that Submitit has just requeued
+        # (accounting: FAILED, gone from the queue); hetfaas reports it as it should. Once more:
+        assert "DUE TO JOB REQUEUE" in exc.stderr_tail, exc
+        marker = tmp_path / "runs-again.txt"
+        steps, runs = _requeue_once(slurm, marker)
     assert (steps, runs) == (60, 2)
     lines = marker.read_text().splitlines()
     assert lines[0] == "run 1 from step 0"

@@ -57,6 +57,9 @@ _ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_
 # Room in the engine's time limit, beyond a call's timeout_s, for the job's start-up (a new
 # Python, imports, unpickling) before the watchdog's clock starts.
 _BACKSTOP_S = 60.0
+# How long an engine may report a checkpointable call's job as ended before that counts: a
+# requeue shows as FAILED or CANCELLED in Slurm's accounting for a while.
+_REQUEUE_GRACE_S = 30.0
 
 
 def _import_submitit() -> Any:
@@ -433,7 +436,9 @@ class SubmititBackend(Backend):
         if not p.ended_at:
             p.ended_at = now
             return
-        if now - p.ended_at < self._grace_s or p.job.paths.result_pickle.exists():
+        # a checkpointable call's job may be between runs (requeued): its end is final later
+        grace = max(self._grace_s, _REQUEUE_GRACE_S) if p.requeue else self._grace_s
+        if now - p.ended_at < grace or p.job.paths.result_pickle.exists():
             return
         if p.requeue and self._requeued(p):  # the engine's record is of the run before
             p.ended_at = 0.0
