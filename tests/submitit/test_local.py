@@ -118,7 +118,6 @@ def test_multi_task_logs_and_a_failing_task(executor):
 
 
 def test_tasks_run_at_once_even_beyond_the_pool_cores(executor, tmp_path):
-    assert len(os.sched_getaffinity(0)) < 3 or True  # 3 tasks, whatever the cores
     ex = fresh(executor, tasks_per_node=3)
     names = ["a", "b", "c"]
 

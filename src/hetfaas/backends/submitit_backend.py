@@ -62,6 +62,13 @@ _BACKSTOP_S = 60.0
 _REQUEUE_GRACE_S = 30.0
 
 
+def id_independent_folder(folder: str | os.PathLike[str]) -> Path:
+    """The part of a folder before its first of Submitit's ``%j``/``%A``/``%a`` tags: the
+    same for every job."""
+    keep = list(itertools.takewhile(lambda part: "%" not in part, Path(folder).parts))
+    return Path(*keep) if keep else Path(".")
+
+
 def _import_submitit() -> Any:
     try:
         import submitit
@@ -156,7 +163,7 @@ class SubmititBackend(Backend):
         # The folder may hold Submitit's %j/%A/%a tags (Submitit fills them per job); this
         # backend's own files go in the part before the first tag.
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="hetfaas-jobs-"))
-        base = Path(*itertools.takewhile(lambda part: "%" not in part, self.folder.parts))
+        base = id_independent_folder(self.folder)
         base.mkdir(parents=True, exist_ok=True)
         self._streams = base / "replies"  # packed jobs' replies, one file per call
         self._streams.mkdir(exist_ok=True)

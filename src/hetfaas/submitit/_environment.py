@@ -96,6 +96,9 @@ class JobEnvironment:
         key = _VARS[name][self._which]
         return os.environ.get(key, default) if key else default
 
+    def _int(self, name: str, default: int) -> int:
+        return int(self._get(name) or default)
+
     def activated(self) -> bool:
         return True
 
@@ -120,23 +123,23 @@ class JobEnvironment:
 
     @property
     def num_tasks(self) -> int:
-        return int(self._get("num_tasks", "1") or 1)
+        return self._int("num_tasks", 1)
 
     @property
     def num_nodes(self) -> int:
-        return int(self._get("num_nodes", "1") or 1)
+        return self._int("num_nodes", 1)
 
     @property
     def node(self) -> int:
-        return int(self._get("node", "0") or 0)
+        return self._int("node", 0)
 
     @property
     def global_rank(self) -> int:
-        return int(self._get("global_rank", "0") or 0)
+        return self._int("global_rank", 0)
 
     @property
     def local_rank(self) -> int:
-        return int(self._get("local_rank", "0") or 0)
+        return self._int("local_rank", 0)
 
     @property
     def hostname(self) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 from .._executor import Executor as _Pool
 from .._resources import Resources
+from ..backends.submitit_backend import id_independent_folder
 from ..exceptions import ConfigurationError
 from ._debug import DebugJob
 from ._environment import task_variables
@@ -59,13 +60,6 @@ def slurm_reachable() -> bool:
     return proc.returncode == 0
 
 
-def base_folder(template: str | os.PathLike[str]) -> Path:
-    """The part of a folder template before its first ``%`` tag (the same for every job)."""
-    parts = Path(template).parts
-    keep = list(itertools.takewhile(lambda p: "%" not in p, parts))
-    return Path(*keep) if keep else Path(".")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +74,7 @@ class Executor:
 
     def __init__(self, folder: str | os.PathLike[str], **options: Any) -> None:
         self.folder = Path(folder).expanduser().absolute()  # may hold %j, %A, %a
-        base_folder(self.folder).mkdir(parents=True, exist_ok=True)
+        id_independent_folder(self.folder).mkdir(parents=True, exist_ok=True)
         self.parameters: dict[str, Any] = {}
         self._options = options
         self._resources = Resources()
@@ -348,7 +342,7 @@ class SlurmExecutor(_PoolExecutor):
     def _prepared(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> tuple[Callable[..., Any], tuple[Any, ...]]:  # fmt: skip
         if self.num_tasks > 1:
-            tasks = base_folder(self.folder) / "tasks"
+            tasks = id_independent_folder(self.folder) / "tasks"
             tasks.mkdir(parents=True, exist_ok=True)
             return run_slurm_task, (fn, args, kwargs, str(tasks))
         if _checkpoint_of(fn) is not None:  # the backend requeues it (Submitit's checkpoint)
@@ -459,4 +453,4 @@ class AutoExecutor:
 
 
 __all__ = ["AutoExecutor", "DebugExecutor", "Executor", "LocalExecutor", "SlurmExecutor",
-           "base_folder", "resolve_folder", "slurm_reachable"]  # fmt: skip
+           "resolve_folder", "slurm_reachable"]  # fmt: skip

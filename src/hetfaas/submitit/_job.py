@@ -272,9 +272,7 @@ class Job:
         if self.num_tasks > 1:
             texts = [t for i in range(self.num_tasks) if (t := self.task(i)._logs_of(stream))]
             return "\n".join(texts) if texts else None
-        path = getattr(self.paths, stream)
-        if not path.exists() and self.cluster == "local" and self._logs and not self._merged:
-            self._write_logs()
+        path = getattr(self.paths, stream)  # written by the job when it settled (local)
         return path.read_text() if path.exists() else None
 
     def awaitable(self) -> AsyncJobProxy:
