@@ -1,6 +1,6 @@
 """``hetfaas``: the command line.
 
-``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit``,
+``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit|elastic``,
 ``hetfaas monitor [--interval S] [--out DIR] -- CMD``, ``hetfaas rendezvous``, ``hetfaas info``."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _BENCHES = {
     "inference": ("hetfaas.bench.inference", "GPU inference scheduling: LB, LALB, O3 (seed 004)"),
     "chaos": ("hetfaas.bench.chaos", "calls while workers are killed at random: none lost"),
     "submitit": ("hetfaas.bench.submitit_surface", "Submitit vs hetfaas.submitit, same code"),
+    "elastic": ("hetfaas.bench.elastic", "an autoscaled pool vs a fixed one on a bursty trace"),
 }
 
 

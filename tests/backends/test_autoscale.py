@@ -23,13 +23,21 @@ def run(policy: ScalePolicy, trace: list[tuple[float, float]], step: float = 1.0
 
 
 def test_steady_load_gets_its_concurrency_over_the_target():
-    p = ScalePolicy(min_workers=0, max_workers=16, target=2.0)
+    p = ScalePolicy(min_workers=0, max_workers=16, target=2.0, utilization=1.0)
     workers = run(p, [(120, 6.0)])
     assert workers[-1] == 3  # 6 calls at once, 2 per worker
 
 
+def test_target_utilisation_keeps_headroom():
+    # one call running all the time: a single worker would be busy 100% (every arrival
+    # queues); at the default 70% target the pool keeps a second one
+    assert run(ScalePolicy(max_workers=8), [(120, 1.0)])[-1] == 2
+    assert run(ScalePolicy(max_workers=8, utilization=1.0), [(120, 1.0)])[-1] == 1
+    assert run(ScalePolicy(max_workers=16), [(120, 7.0)])[-1] == 10  # ceil(7 / 0.7)
+
+
 def test_a_burst_panics_and_is_met_within_seconds():
-    p = ScalePolicy(min_workers=1, max_workers=32)
+    p = ScalePolicy(min_workers=1, max_workers=32, utilization=1.0)
     workers = run(p, [(60, 1.0), (10, 20.0)])
     burst = workers[60:]
     assert max(burst[:3]) >= 6  # the panic window sees it at once, the stable one would not
@@ -37,7 +45,7 @@ def test_a_burst_panics_and_is_met_within_seconds():
 
 
 def test_no_scale_down_while_panicking_and_bounded_steps_after():
-    p = ScalePolicy(min_workers=1, max_workers=32)
+    p = ScalePolicy(min_workers=1, max_workers=32, utilization=1.0)
     workers = run(p, [(30, 1.0), (10, 16.0), (20, 1.0), (120, 1.0)])
     burst_end = 40
     lull = workers[burst_end : burst_end + 20]
@@ -72,6 +80,10 @@ def test_bad_policies_and_observations_are_refused():
         ScalePolicy(max_workers=2, target=0)
     with pytest.raises(hetfaas.ConfigurationError, match="panic_window_s"):
         ScalePolicy(max_workers=2, panic_window_s=90)
+    with pytest.raises(hetfaas.ConfigurationError, match="utilization"):
+        ScalePolicy(max_workers=2, utilization=1.5)
+    with pytest.raises(hetfaas.ConfigurationError, match="tick_s"):
+        ScalePolicy(max_workers=2, tick_s=10)
     scaler = Autoscaler(ScalePolicy(max_workers=2))
     scaler.observe(5.0, 1)
     with pytest.raises(ValueError, match="time order"):

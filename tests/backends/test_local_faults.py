@@ -93,13 +93,16 @@ def test_pool_whose_workers_cannot_start_fails_calls_instead_of_hanging(tmp_path
                 fut.result(timeout=60)
 
 
-def test_forked_workers_draw_different_random_numbers():
-    import numpy  # noqa: F401  (preloaded in the fork server: its seed would be shared)
-
-    with hetfaas.Executor(max_workers=2, cpus=min(2, CORES)) as ex:
+@pytest.mark.parametrize("preload", [["numpy"], ["numpy", "numpy.random"]])
+def test_forked_workers_draw_different_random_numbers(preload):
+    # numpy alone: numpy.random is loaded in each worker (seeded from the OS there);
+    # numpy.random preloaded: the server's generator state is in every fork, reseeded
+    with hetfaas.Executor(max_workers=2, cpus=min(2, CORES), preload=preload) as ex:
         ex.warmup(2)
-        draws = {ex.submit(fx.random_draw).result(timeout=60) for _ in range(8)}
-        assert len(draws) > 1
+        # the first draw of each of two fresh workers (held, so that both run at once)
+        firsts = [f.result(timeout=60) for f in [ex.submit(fx.random_draw, 0.3) for _ in "ab"]]
+        assert len({pid for pid, _ in firsts}) == 2
+        assert firsts[0][1] != firsts[1][1]
 
 
 # ------------------------------------------------------------------ cancel and timeouts

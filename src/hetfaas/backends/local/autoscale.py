@@ -4,7 +4,9 @@ The pool records its *concurrency* (calls running plus calls queued) over time. 
 evaluation turns the recent history into a worker count:
 
 - **stable window** (default 60 s): the mean concurrency over it, divided by the target
-  concurrency per worker (default 1: a worker runs one call at a time), rounded up;
+  concurrency per worker (default 1: a worker runs one call at a time) times the target
+  utilisation (default 0.7, Knative's: a pool busy 100% of the time queues every call that
+  arrives, so it keeps headroom), rounded up;
 - **panic window** (default 6 s, a tenth of the stable one): the same over a short window.
   When it asks for at least ``panic_threshold`` (default 2x) the workers ready now, the policy
   *panics*: it scales up to the panic figure at once and does not scale down until a whole
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from ...exceptions import ConfigurationError
 
@@ -34,11 +37,13 @@ class ScalePolicy:
     min_workers: int = 0
     max_workers: int = 1
     target: float = 1.0  # concurrency per worker
+    utilization: float = 0.7  # of the target, aimed at (headroom for the next arrivals)
     stable_window_s: float = 60.0
     panic_window_s: float = 6.0
     panic_threshold: float = 2.0
     max_scale_down: float = 2.0  # at most this factor fewer workers per evaluation
     scale_to_zero_s: float = 30.0
+    tick_s: float = 1.0  # how often the pool observes its concurrency and decides
 
     def __post_init__(self) -> None:
         if self.min_workers < 0 or self.max_workers < max(1, self.min_workers):
@@ -48,11 +53,15 @@ class ScalePolicy:
             )
         if self.target <= 0:
             raise ConfigurationError(f"target concurrency must be > 0, got {self.target}")
+        if not 0 < self.utilization <= 1:
+            raise ConfigurationError(f"utilization must be in (0, 1], got {self.utilization}")
         if not 0 < self.panic_window_s <= self.stable_window_s:
             raise ConfigurationError(
                 f"need 0 < panic_window_s <= stable_window_s, got {self.panic_window_s} and "
                 f"{self.stable_window_s}"
             )
+        if self.tick_s <= 0 or self.tick_s > self.panic_window_s:
+            raise ConfigurationError(f"need 0 < tick_s <= panic_window_s, got tick_s={self.tick_s}")
         if self.panic_threshold <= 1 or self.max_scale_down < 1 or self.scale_to_zero_s < 0:
             raise ConfigurationError(
                 "panic_threshold must be > 1, max_scale_down >= 1 and scale_to_zero_s >= 0"
@@ -97,8 +106,9 @@ class Autoscaler:
     def decide(self, t: float, ready: int) -> Decision:
         """The worker count wanted at ``t``, with ``ready`` workers up now."""
         p = self.policy
-        stable = math.ceil(self._mean(t, p.stable_window_s) / p.target - 1e-9)
-        panic = math.ceil(self._mean(t, p.panic_window_s) / p.target - 1e-9)
+        per_worker = p.target * p.utilization
+        stable = math.ceil(self._mean(t, p.stable_window_s) / per_worker - 1e-9)
+        panic = math.ceil(self._mean(t, p.panic_window_s) / per_worker - 1e-9)
         if panic >= p.panic_threshold * max(1, ready) and panic > ready:
             self._panic_since = t
         panicking = self._panic_since is not None and t - self._panic_since < p.stable_window_s
@@ -119,4 +129,37 @@ class Autoscaler:
         return Decision(want, panicking, stable, panic)
 
 
-__all__ = ["Autoscaler", "Decision", "ScalePolicy"]
+def policy_from(
+    min_workers: int | None,
+    max_workers: int | None,
+    autoscale: ScalePolicy | dict[str, Any] | None,
+    default_max: int,
+) -> ScalePolicy | None:
+    """The pool's policy from its options, or None (no autoscaling) when neither
+    ``min_workers`` nor ``autoscale`` is given. ``max_workers`` defaults to ``default_max``."""
+    if min_workers is None and autoscale is None:
+        return None
+    if isinstance(autoscale, ScalePolicy):
+        fields = dict(autoscale.__dict__)
+    elif autoscale is None or isinstance(autoscale, dict):
+        fields = dict(autoscale or {})
+    else:
+        raise ConfigurationError(
+            f"autoscale must be a ScalePolicy or a dict of its fields, got {autoscale!r}"
+        )
+    for name, given in (("min_workers", min_workers), ("max_workers", max_workers)):
+        if given is not None and name in fields and fields[name] != given:
+            raise ConfigurationError(
+                f"{name} is given twice, {given} to the pool and {fields[name]} in autoscale"
+            )
+        if given is not None:
+            fields[name] = given
+    fields.setdefault("max_workers", default_max)
+    fields.setdefault("min_workers", 0)
+    try:
+        return ScalePolicy(**fields)
+    except TypeError as exc:
+        raise ConfigurationError(f"autoscale: {exc}") from None
+
+
+__all__ = ["Autoscaler", "Decision", "ScalePolicy", "policy_from"]

@@ -175,10 +175,12 @@ def _child(fd: int, index: int, control: str, cpu: int, env: dict[str, str]) -> 
 
 def _reseed() -> None:
     """The generators the server had seeded would give every worker the same numbers."""
-    np = sys.modules.get("numpy")
-    if np is not None:
+    # numpy.random only if the server imported it: numpy loads it lazily on first use (10 ms
+    # here, in every worker's cold start), and a fresh import seeds itself from the OS.
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
         with contextlib.suppress(Exception):
-            np.random.seed()
+            np_random.seed()
     torch = sys.modules.get("torch")
     if torch is not None:
         with contextlib.suppress(Exception):
@@ -243,7 +245,8 @@ def main(argv: list[str]) -> int:
 
     fd, control = int(argv[0]), argv[1]
     preload = [m for m in argv[2].split(",") if m] if len(argv) > 2 else []
-    for module in ("hetfaas.backends.local.worker", *preload):
+    # threadpoolctl: every worker sizes its thread pools as it starts (4 ms to import)
+    for module in ("hetfaas.backends.local.worker", "threadpoolctl", *preload):
         with contextlib.suppress(Exception):
             importlib.import_module(module)
     return serve(fd, control)

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
 import logging
 import os
 import pickle
 import select
 import signal
-import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -50,9 +47,11 @@ from .. import errors
 from ..base import Backend, CallSpec, Capacity
 from ..contract import attach, complete
 from . import protocol as P
+from .autoscale import Autoscaler, ScalePolicy, policy_from
 from .faults import give_up_starting, split_dead_calls
-from .forkserver import ForkedProcess, ForkServer
+from .forkserver import ForkServer
 from .gpus import detect_gpus
+from .lifecycle import WorkerLifecycle, default_preload
 from .placement import impossible, place
 from .records import (
     BUSY,
@@ -76,11 +75,10 @@ CANCEL_GRACE_NS = 1_000_000_000  # a cancelled call not back this long after SIG
 # measured (CPU time, peak RSS: future.usage). Reading the clocks costs 10-20 us on a VM
 # (clock_gettime(CPUTIME) and getrusage are system calls there), too much for short calls.
 USAGE_MIN_NS = 1_000_000
-TIMER_POLL_NS = 2_000_000  # how often a timed call that has not begun is looked at again
 _live_pools: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 
 
-class LocalBackend(Backend):
+class LocalBackend(WorkerLifecycle, Backend):
     """Warm worker processes on this machine, each pinned to the cores of the call it runs.
 
     Options: ``cpus`` (count or list of core ids; default: this process's affinity),
@@ -93,7 +91,11 @@ class LocalBackend(Backend):
     that imported hetfaas and the preloads once, in milliseconds; ``"spawn"``: a new
     interpreter per worker),
     ``spin_us`` (how long a worker that just replied, and a caller that waits, poll before
-    they sleep; waking a sleeping CPU costs more than a small call on a VM; 0 turns it off).
+    they sleep; waking a sleeping CPU costs more than a small call on a VM; 0 turns it off),
+    ``min_workers`` and ``autoscale`` (either turns autoscaling on: a
+    :class:`~hetfaas.backends.local.autoscale.ScalePolicy` or a dict of its fields; the pool
+    keeps between ``min_workers`` and ``max_workers`` workers as the policy decides from its
+    queue depth, see :mod:`.lifecycle`).
     """
 
     name = "local"
@@ -109,6 +111,8 @@ class LocalBackend(Backend):
         preload: list[str] | None = None,
         spin_us: float = 100.0,
         start_method: str = "forkserver",
+        min_workers: int | None = None,
+        autoscale: ScalePolicy | dict[str, Any] | None = None,
     ) -> None:
         affinity = sorted(os.sched_getaffinity(0))
         if cpus is None:
@@ -125,7 +129,8 @@ class LocalBackend(Backend):
         self.gpu_ids, self.gpu_names, self._gpu_tokens = detect_gpus(gpus)
         total_mb = psutil.virtual_memory().total // (1 << 20)
         self.memory_mb = memory_mb or total_mb
-        self.max_workers = max_workers or len(self.cores)
+        policy = policy_from(min_workers, max_workers, autoscale, len(self.cores))
+        self.max_workers = policy.max_workers if policy else max_workers or len(self.cores)
         if self.max_workers < 1:
             raise ConfigurationError(f"max_workers must be >= 1, got {max_workers}")
         self.keep_alive_ns = int(keep_alive_s * 1e9)
@@ -171,6 +176,18 @@ class LocalBackend(Backend):
         self._parked = False
         self._unpark = threading.Event()
         self._last_wait = 0.0
+        self._scaler: Autoscaler | None = None
+        self._scale_key: tuple[int, ...] = ()  # the GPUs of the workers the autoscaler starts
+        self.scale_log: deque[tuple[int, Any, int]] = deque(maxlen=100_000)
+        if policy is not None:
+            self._scaler = Autoscaler(policy)
+            self._scale_tick_ns = int(policy.tick_s * 1e9)
+            self._scale_next = 0
+            if start_method == "forkserver":  # ready before the first call needs a worker
+                self._fork_server(tuple(default_preload(preload)))
+            with self._lock:
+                for _ in range(policy.min_workers):
+                    self._spawn(())
         self._reader = threading.Thread(target=self._read_loop, name="hetfaas-reader", daemon=True)
         self._reader.start()
         sweep_orphans()
@@ -288,10 +305,11 @@ class LocalBackend(Backend):
             return [w.pid for w in self._workers.values() if w.state != DEAD]
 
     def stats(self) -> dict[str, int]:
-        """Workers by state and calls queued and running, now."""
+        """Workers by state and calls queued and running, now (and the autoscaler's wish)."""
         with self._lock:
             workers = [w for w in self._workers.values() if w.state != DEAD]
-            return {
+            extra = {"workers_desired": self.scale_log[-1][1].workers} if self.scale_log else {}
+            return extra | {
                 "workers_starting": sum(w.state == STARTING for w in workers),
                 "workers_idle": sum(w.state == IDLE for w in workers),
                 "workers_busy": sum(w.state == BUSY for w in workers),
@@ -402,6 +420,7 @@ class LocalBackend(Backend):
         elif len(self._workers) < self.max_workers or self._evict_idle(gpus):
             try:
                 worker = self._spawn(gpus)
+                self._scale_key = gpus
             except OSError as exc:  # fork/exec failed (out of processes or memory): retried
                 _log.warning("hetfaas: cannot start a worker now: %s", exc)
                 self._start_exits += 1
@@ -412,13 +431,6 @@ class LocalBackend(Backend):
             return None
         placement = place(res, self._free_cpus, self._gpu_free, self._mem_free, worker.cpus)
         return worker, placement
-
-    def _evict_idle(self, keep: tuple[int, ...]) -> bool:
-        for w in self._workers.values():
-            if w.gpus != keep and not w.inflight and w.state == IDLE:
-                self._stop_worker(w)
-                return True
-        return False
 
     def _bind(self, w: WorkerHandle, batch: list[CallRecord], placement: Any) -> None:
         res = batch[0].resources
@@ -508,107 +520,6 @@ class LocalBackend(Backend):
             else:
                 self._args.release(seg)
         call.leases = []
-
-    # ------------------------------------------------------------------ workers
-
-    def _spawn(self, gpus: tuple[int, ...]) -> WorkerHandle:
-        used = {w.index for w in self._workers.values()}
-        index = next(i for i in itertools.count() if i not in used)
-        if index >= self._max_index:
-            raise ResourceError("too many workers for the control segment")
-        w = WorkerHandle(index, gpus)
-        # Start pinned to a core no other worker sits on, so that workers spread out.
-        taken = {c for other in self._workers.values() for c in other.cpus}
-        w.cpus = (next((c for c in self.cores if c not in taken), self.cores[0]),)
-        w.spawn_ns = time.perf_counter_ns()
-        own = {
-            "CUDA_VISIBLE_DEVICES": ",".join(self._gpu_tokens[d] for d in gpus),
-            "HETFAAS_SPIN_US": str(self.spin_ns / 1000),
-        }
-        preload = self.preload
-        if preload is None:
-            preload = [m for m in ("numpy", "torch") if m in sys.modules]
-        parent, child = socket.socketpair()
-        try:
-            if self.start_method == "forkserver":
-                w.proc = self._fork(index, w.cpus[0], own, child.fileno(), tuple(preload))
-            else:
-                w.proc = subprocess.Popen(
-                    [
-                        sys.executable, "-m", "hetfaas.backends.local.worker",
-                        str(child.fileno()), str(index), self._control.name,
-                        ",".join(preload), str(w.cpus[0]),
-                    ],
-                    pass_fds=(child.fileno(),), env={**self._base_env(), **own},
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                )  # fmt: skip
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        w.conn = P.Channel(parent.detach())
-        w.fd = w.conn.fd
-        w.pid = w.proc.pid
-        self._workers[index] = w
-        self._by_fd[w.fd] = w
-        self._poller.register(w.fd, select.POLLIN)
-        self._poke()
-        if self._parked:  # someone must read its READY message
-            self._parked = False
-            self._unpark.set()
-        return w
-
-    def _base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"  # sized per call in the worker
-        paths = [p or os.getcwd() for p in sys.path]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        return env
-
-    def _fork(
-        self, index: int, cpu: int, env: dict[str, str], fd: int, preload: tuple[str, ...]
-    ) -> ForkedProcess:
-        """A worker forked by this pool's fork server for ``preload`` (started on first use,
-        and again if it died)."""
-        for attempt in range(2):
-            server = self._servers.get(preload)
-            if server is None or not server.alive():
-                if server is not None:
-                    server.close()
-                server = ForkServer(self._control.name, self._base_env(), list(preload))
-                self._servers[preload] = server
-            try:
-                return server.fork(index, cpu, env, fd)
-            except OSError:
-                if attempt:
-                    raise
-                server.close()
-                self._servers.pop(preload, None)
-        raise AssertionError("unreachable")
-
-    def _stop_worker(self, w: WorkerHandle) -> None:
-        if w.state == DEAD:
-            return
-        with contextlib.suppress(OSError):
-            w.conn.send(pickle.dumps((P.EXIT,)))
-        w.state = DEAD
-        self._forget_worker(w)
-
-    def _forget_worker(self, w: WorkerHandle) -> None:
-        self._workers.pop(w.index, None)
-        if self._by_fd.pop(w.fd, None) is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._poller.unregister(w.fd)
-        with contextlib.suppress(OSError):
-            w.conn.close()
-        self._attach.forget_prefix(f"hetfaas-{w.pid}-")
-
-    def _unmap_everywhere(self, name: str) -> None:
-        """An argument segment was given up: workers drop their mappings with their next
-        message, so its memory is freed."""
-        for w in list(self._workers.values()):
-            w.releases.append(name)
 
     def _poke(self) -> None:
         with contextlib.suppress(OSError):
@@ -737,57 +648,6 @@ class LocalBackend(Backend):
                 elif msg[0] == P.READY:
                     self._on_ready(w, msg)
         self._check_timers()
-
-    def _deadline(self, w: WorkerHandle, now: int) -> int:
-        """When ``w`` must be killed (0: never): its timed call's start + timeout_s, or a
-        cancelled call's grace. A timed call that has not begun is looked at again soon."""
-        due = w.kill_at
-        if w.timeout_ns:
-            slot = w.index * P.CONTROL_SLOT
-            seq, start = struct.unpack_from("<qq", self._control.mmap, slot)
-            t = start + w.timeout_ns if seq == w.timed_seq and start else now + TIMER_POLL_NS
-            due = min(due, t) if due else t
-        return due
-
-    def _next_timer(self) -> float | None:
-        now = time.perf_counter_ns()
-        due = []
-        for w in self._workers.values():
-            if w.timeout_ns or w.kill_at:
-                due.append(self._deadline(w, now))
-            elif w.state == IDLE and self.keep_alive_ns:
-                due.append(w.idle_since + self.keep_alive_ns)
-        if self._stalled():
-            due.append(now + TIMER_POLL_NS)
-        if not due:
-            return None
-        return max(0.0, (min(due) - now) / 1e9) + 0.001
-
-    def _stalled(self) -> bool:
-        """Calls wait but nothing is running or starting that would ever drain them."""
-        return (
-            not self._closing
-            and any(self._queues.values())
-            and not any(w.inflight or w.state == STARTING for w in self._workers.values())
-        )
-
-    def _check_timers(self) -> None:
-        now = time.perf_counter_ns()
-        with self._lock:
-            for w in list(self._workers.values()):
-                if (w.timeout_ns or w.kill_at) and not w.killed:
-                    due = self._deadline(w, now)
-                    if now >= due:
-                        w.killed = True
-                        w.timed_out = bool(w.timeout_ns) and not w.kill_at
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(w.pid, signal.SIGKILL)
-                elif w.state == IDLE and now - w.idle_since >= self.keep_alive_ns:
-                    self._stop_worker(w)
-                    if isinstance(w.proc, subprocess.Popen):  # a fork server reaps its own
-                        threading.Thread(target=w.proc.wait, daemon=True).start()
-            if self._stalled():  # a safety net: never leave accepted calls without a worker
-                self._drain()
 
     def _on_ready(self, w: WorkerHandle, msg: tuple[Any, ...]) -> None:
         with self._lock:
