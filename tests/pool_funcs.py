@@ -4,6 +4,8 @@ import ctypes
 import os
 import time
 
+import hetfaas
+
 
 def add(a, b):
     return a + b
@@ -129,16 +131,24 @@ def pool_threads():
     return pool_sizes()
 
 
+def pid_after(sleep_s=0.0):
+    time.sleep(sleep_s)
+    return os.getpid()
+
+
 def started_at(sleep_s):
     t0 = time.perf_counter_ns()
     time.sleep(sleep_s)
     return os.getpid(), t0
 
 
-def random_draw():
+def random_draw(hold_s=0.0):
+    """This worker's pid and its next draw from numpy's global generator."""
     import numpy as np
 
-    return float(np.random.random())
+    value = float(np.random.random())
+    time.sleep(hold_s)
+    return os.getpid(), value
 
 
 def inverse_or_raise(i):
@@ -154,3 +164,29 @@ def burn_and_hold(seconds, mib):
     while time.process_time() < end:
         pass
     return mib
+
+
+def flaky(log, key, die_times=1, sleep_s=0.0, fail_with=None):
+    """Marks its start in ``log``; its worker dies in the first ``die_times`` runs for
+    ``key`` (after ``sleep_s``); ``fail_with``: raises that instead, every time."""
+    with open(log, "a") as f:
+        f.write(f"{key}\n")
+    with open(log) as f:
+        runs = f.read().split().count(str(key))
+    time.sleep(sleep_s)
+    if fail_with is not None:
+        raise fail_with(f"run {runs} of {key}")
+    if runs <= die_times:
+        os._exit(7)
+    return key
+
+
+@hetfaas.idempotent
+def flaky_idempotent(log, key, die_times=1, sleep_s=0.0, fail_with=None):
+    return flaky(log, key, die_times, sleep_s, fail_with)
+
+
+@hetfaas.idempotent
+def flaky_items(log, key):
+    """For a chunked map: item 3's worker dies the first time."""
+    return flaky(log, key, die_times=1 if key == 3 else 0)

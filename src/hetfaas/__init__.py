@@ -36,6 +36,7 @@ from .exceptions import (
     UnknownModel,
     WorkerDied,
 )
+from .retry import Retry, idempotent
 from .shm import share, shared_array, shared_tensor
 
 __version__ = "0.1.0"
@@ -68,6 +69,7 @@ __all__ = [
     "RemoteTraceback",
     "ResourceError",
     "Resources",
+    "Retry",
     "SerializationError",
     "ServingError",
     "State",
@@ -77,6 +79,7 @@ __all__ = [
     "WorkerDied",
     "__version__",
     "bare_metal",
+    "idempotent",
     "register_backend",
     "share",
     "shared_array",

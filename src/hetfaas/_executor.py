@@ -14,8 +14,10 @@ from . import backends
 from ._chunks import ChunkCall, auto_chunksize, chunk_items
 from ._future import Future
 from ._resources import DEFAULT_RESOURCES, Resources
+from ._retrying import RetryingCall
 from .backends.base import Backend, CallSpec, Capacity
 from .exceptions import ConfigurationError, ResourceError
+from .retry import Retry, policy_of
 
 _executor_ids = itertools.count(1)
 
@@ -79,22 +81,30 @@ class Executor:
             raise ConfigurationError(f"resources must be a hetfaas.Resources, got {resources!r}")
         self._shared = _Shared(backends.create(backend, **options))
         self._resources = resources or DEFAULT_RESOURCES
+        self._retry: Retry | None = None
 
     # ----------------------------------------------------------------- views and info
 
-    def options(self, resources: Resources | None = None, **fields: Any) -> Executor:
-        """A view of this executor whose calls use other resources.
+    def options(
+        self, resources: Resources | None = None, *, retry: Retry | None = None, **fields: Any
+    ) -> Executor:
+        """A view of this executor whose calls use other resources, or another retry policy
+        for idempotent functions (see :mod:`hetfaas.retry`).
 
-        ``ex.options(cpus=2, timeout_s=60)`` or ``ex.options(resources=Resources(gpus=1))``.
+        ``ex.options(cpus=2, timeout_s=60)``, ``ex.options(resources=Resources(gpus=1))``,
+        ``ex.options(retry=Retry(max_attempts=6))``.
         """
         res = resources if resources is not None else self._resources
         if not isinstance(res, Resources):
             raise ResourceError(f"resources must be a hetfaas.Resources, got {res!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigurationError(f"retry must be a hetfaas.retry.Retry, got {retry!r}")
         if fields:
             res = res.replace(**fields)
         view = object.__new__(Executor)
         view._shared = self._shared
         view._resources = res
+        view._retry = retry if retry is not None else self._retry
         return view
 
     @property
@@ -117,23 +127,37 @@ class Executor:
     # ----------------------------------------------------------------- calls
 
     def _prepare(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy_fn: Callable[..., Any] | None = None,
+    ) -> tuple[Any, Future]:
+        """The call as the backend prepared it (to dispatch), and the caller's future (the
+        same one, unless the function is retried: see :mod:`hetfaas._retrying`).
+        ``policy_fn``: the function whose retry policy applies (``fn`` itself by default)."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
         shared = self._shared
+        policy = policy_of(fn if policy_fn is None else policy_fn, self._retry)
+        if policy is not None:
+            call = RetryingCall(
+                shared.backend, lambda: Future(shared.prefix, next(shared.seq)),
+                fn, args, kwargs, self._resources, policy,
+            )  # fmt: skip
+            return call.prepared, call.future
         future = Future(shared.prefix, next(shared.seq))
-        return shared.backend.prepare(CallSpec(fn, args, kwargs, self._resources, future))
+        return shared.backend.prepare(CallSpec(fn, args, kwargs, self._resources, future)), future
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` as one call; the future holds its result and timings."""
-        prepared = self._prepare(fn, args, kwargs)
+        prepared, future = self._prepare(fn, args, kwargs)
         pending = getattr(self._shared.batch, "calls", None)
         if pending is not None:
             pending.append(prepared)
         else:
             self._shared.backend.dispatch([prepared])
-        return prepared.future
+        return future
 
     def map_futures(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], group: Any = None
@@ -146,9 +170,9 @@ class Executor:
         calls = list(zip(*iterables, strict=False))
         if group is not None:
             fn, calls = self._grouped(fn, calls, group)
-        prepared = [self._prepare(fn, args, {}) for args in calls]
-        self._hand_over(prepared)
-        return [p.future for p in prepared]
+        pairs = [self._prepare(fn, args, {}) for args in calls]
+        self._hand_over([p for p, _ in pairs])
+        return [f for _, f in pairs]
 
     def map(
         self,
@@ -193,9 +217,9 @@ class Executor:
         return results()
 
     def _map_tuples(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Future]:
-        prepared = [self._prepare(fn, args, {}) for args in items]
-        self._hand_over(prepared)
-        return [p.future for p in prepared]
+        pairs = [self._prepare(fn, args, {}) for args in items]
+        self._hand_over([p for p, _ in pairs])
+        return [f for _, f in pairs]
 
     def _workers(self) -> int:
         try:
@@ -209,9 +233,11 @@ class Executor:
         if not callable(fn):
             raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
         call = ChunkCall(fn, star)
-        prepared = [self._prepare(call, (chunk,), {}) for chunk in chunk_items(items, size)]
-        self._hand_over(prepared)
-        return MapIterator([p.future for p in prepared], end)
+        # a chunk of an idempotent function's items is retried as its items would be
+        chunks = chunk_items(items, size)
+        pairs = [self._prepare(call, (chunk,), {}, policy_fn=fn) for chunk in chunks]
+        self._hand_over([p for p, _ in pairs])
+        return MapIterator([f for _, f in pairs], end)
 
     def _hand_over(self, prepared: list[Any]) -> None:
         pending = getattr(self._shared.batch, "calls", None)

@@ -11,6 +11,7 @@ first waits (or ``concurrent.futures.wait`` looks at the future).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +35,9 @@ class Future(cf.Future):  # type: ignore[type-arg]
 
     Adds ``invocation_id``, ``state`` (a :class:`State`), ``timings`` (a :class:`Timings`, set
     when the call ends), the captured ``stdout``/``stderr`` when the executor captures them,
-    and ``engine_id`` where an engine names the call itself (a Slurm job id).
+    ``engine_id`` where an engine names the call itself (a Slurm job id), and ``attempts``
+    (runs of the call; above 1 only for an idempotent function retried, see
+    :mod:`hetfaas.retry`; such a call's future stays PENDING until its last attempt ends).
     """
 
     def __init__(self, prefix: str, seq: int) -> None:  # no super().__init__: lazy condition
@@ -54,6 +57,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self.stdout = ""
         self.stderr = ""
         self.engine_id: str | None = None  # the engine's own id (a Slurm job id, ...)
+        self.attempts = 1  # runs of the call: more than 1 for a retried idempotent function
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -181,6 +185,26 @@ class Future(cf.Future):  # type: ignore[type-arg]
         except cf.InvalidStateError:
             return False
         return True
+
+    def _adopt(self, attempt: Future, retry_us: float, attempts: int) -> bool:
+        """End this call as its last ``attempt`` ended (see :mod:`hetfaas._retrying`)."""
+        timings = attempt.timings
+        if timings is not None and attempts > 1:
+            timings = dataclasses.replace(
+                timings,
+                retry_us=timings.retry_us + retry_us,
+                total_us=timings.total_us + retry_us,
+                attempts=attempts,
+            )
+        self.stdout, self.stderr, self.engine_id = attempt.stdout, attempt.stderr, attempt.engine_id
+        self._usage = attempt._usage
+        self.attempts = attempts
+        return self._settle(attempt._result, attempt._exception, timings)
+
+    def _adopt_error(self, error: BaseException, attempts: int) -> bool:
+        """End this call with ``error``: its next attempt could not be started."""
+        self.attempts = attempts
+        return self._settle(None, error, None)
 
     def set_result(self, result: Any) -> None:
         if self._cond is None and self._finish_fast(result, None):

@@ -36,7 +36,10 @@ class Timings:
     - ``transfer_in_us``: pickling the arguments (copying large buffers into shared memory),
       the hop to the worker and unpickling there;
     - ``compute_us``: the function itself;
-    - ``transfer_out_us``: pickling the result, the hop back, unpickling, delivering it.
+    - ``transfer_out_us``: pickling the result, the hop back, unpickling, delivering it;
+    - ``retry_us``: the failed attempts and the backoff between them, for a call retried
+      (see :mod:`hetfaas.retry`); ``attempts`` counts the runs, this one included. The other
+      phases are the last attempt's.
 
     The raw stamps (ns, shared monotonic clock) and where the call ran are kept too, for
     timelines.
@@ -57,6 +60,8 @@ class Timings:
     cpus: tuple[int, ...] = field(default_factory=tuple)
     gpus: tuple[int, ...] = field(default_factory=tuple)
     backend: str = "local"
+    retry_us: float = 0.0
+    attempts: int = 1
 
     @property
     def overhead_us(self) -> float:
@@ -102,13 +107,17 @@ class Stamps(NamedTuple):
     cpus: tuple[int, ...] = ()
     gpus: tuple[int, ...] = ()
     backend: str = "local"
+    retry_ns: int = 0
+    attempts: int = 1
 
     def to_timings(self) -> Timings:
         return Timings(
             self.queue_ns / 1e3, self.cold_start_ns / 1e3, self.transfer_in_ns / 1e3,
             self.compute_ns / 1e3, self.transfer_out_ns / 1e3, self.total_ns / 1e3,
-            *self[6:],
+            *self[6:15], self.retry_ns / 1e3, self.attempts,
         )  # fmt: skip
 
 
-PHASES = ("queue_us", "cold_start_us", "transfer_in_us", "compute_us", "transfer_out_us")
+PHASES = (
+    "queue_us", "cold_start_us", "transfer_in_us", "compute_us", "transfer_out_us", "retry_us",
+)  # fmt: skip

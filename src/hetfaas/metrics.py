@@ -10,7 +10,8 @@
 
 Series (prefix ``hetfaas_``): ``calls_total{backend,state}`` (COMPLETED, FAILED,
 CANCELLED), ``call_phase_seconds{backend,phase}`` (queue, cold_start, transfer_in, compute,
-transfer_out, total: histograms), ``call_cpu_seconds`` and ``call_peak_rss_bytes`` (from
+transfer_out, retry, total: histograms), ``call_retries_total{backend}`` (attempts after the
+first, of idempotent functions' calls), ``call_cpu_seconds`` and ``call_peak_rss_bytes`` (from
 ``future.usage`` where it was measured), and, per tracked executor, ``workers{backend,state}``
 and ``calls{backend,where}`` (queued, running), read from the backend's ``stats()`` at each
 scrape. Nothing is added to a call's hot path: a future is observed by a done-callback.
@@ -24,7 +25,7 @@ from typing import Any
 
 from .exceptions import ConfigurationError
 
-_PHASES = ("queue", "cold_start", "transfer_in", "compute", "transfer_out", "total")
+_PHASES = ("queue", "cold_start", "transfer_in", "compute", "transfer_out", "retry", "total")
 _BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0,
             100.0, 300.0)  # fmt: skip
 
@@ -51,6 +52,8 @@ class Metrics:
                                 ["backend", "state"], registry=r)  # fmt: skip
         self.phases = pc.Histogram("hetfaas_call_phase_seconds", "Phases of ended calls",
                                    ["backend", "phase"], buckets=_BUCKETS, registry=r)  # fmt: skip
+        self.retries = pc.Counter("hetfaas_call_retries", "Attempts after the first (retries)",
+                                  ["backend"], registry=r)  # fmt: skip
         self.cpu = pc.Histogram("hetfaas_call_cpu_seconds", "CPU seconds of measured calls",
                                 ["backend"], buckets=_BUCKETS, registry=r)  # fmt: skip
         self.rss = pc.Gauge("hetfaas_call_peak_rss_bytes", "Peak RSS of the last measured call",
@@ -75,6 +78,8 @@ class Metrics:
         else:
             state = "FAILED" if fut.exception() is not None else "COMPLETED"
         self.calls.labels(backend, state).inc()
+        if getattr(fut, "attempts", 1) > 1:
+            self.retries.labels(backend).inc(fut.attempts - 1)
         if t is not None:
             for phase in _PHASES:
                 self.phases.labels(backend, phase).observe(getattr(t, f"{phase}_us") / 1e6)
