@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -14,7 +15,8 @@ README = (ROOT / "README.md").read_text()
 
 
 def _blocks(lang):
-    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+    # dedented: a block inside a list item is indented with it
+    return [textwrap.dedent(b) for b in re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)]
 
 
 def test_readme_opens_with_two_commands_and_ci_runs_the_second():

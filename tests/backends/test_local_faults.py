@@ -44,6 +44,14 @@ def test_chaos_at_ci_scale_loses_nothing():
     assert row["after_ok"] == 100  # 2 workers killed > 5 times and still serving: replaced
 
 
+def test_chaos_with_retries_of_an_idempotent_function_fails_nothing():
+    row = run_chaos("local", 600, 20.0, seed=4, deadline_s=120, retries=5)
+    assert row["kills"] > 5 and row["retried"] > 0  # kills ended runs, and they ran again
+    assert row["failed"] == {} and row["completed"] == 600
+    assert row["hung"] == row["lost"] == row["ran_more_than_attempts"] == 0
+    assert 2 <= row["attempts_max"] <= 6
+
+
 def test_workers_killed_while_starting_are_replaced_and_calls_run():
     with hetfaas.Executor(max_workers=1, cpus=1) as ex:
         kills = 0

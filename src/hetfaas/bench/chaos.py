@@ -12,6 +12,11 @@ a wrong value, cancelled though nobody cancelled), calls that ran twice, kills, 
 to replace a worker (local pool: from the death seen to the replacement ready). Afterwards
 each engine must serve 100 calls normally.
 
+``--retries N``: the calls are of a function declared idempotent (:mod:`hetfaas.retry`), run
+again up to N times when a kill ends them; the table then adds the calls retried, the most
+attempts of one call, and the calls that ran more times than their attempts (from the
+marks: must be 0). The target with retries: 0 failed.
+
 Engines and what is killed:
 
 - ``local``: the pool's worker processes;
@@ -39,6 +44,7 @@ import psutil
 
 from .. import machine
 from ..exceptions import CallCancelled, CallTimeout, JobFailed, WorkerDied
+from ..retry import Retry, idempotent
 
 EXPECTED = (WorkerDied, JobFailed)  # the errors a kill may cause; anything else is "lost"
 ARRAY_BYTES = 256 << 10
@@ -56,6 +62,12 @@ def chaos_call(i: int, log: str, sleep_s: float, arr: Any = None) -> Any:
     finally:
         os.close(fd)
     return value
+
+
+@idempotent
+def chaos_call_idempotent(i: int, log: str, sleep_s: float, arr: Any = None) -> Any:
+    """``chaos_call``, declared idempotent (``--retries``): a killed run is run again."""
+    return chaos_call(i, log, sleep_s, arr)
 
 
 def read_marks(log: str) -> tuple[collections.Counter[int], collections.Counter[int]]:
@@ -189,8 +201,10 @@ def run_chaos(
     max_sleep_ms: float = 2.0,
     deadline_s: float = 300.0,
     options: dict[str, Any] | None = None,
+    retries: int = 0,
 ) -> dict[str, Any]:
-    """Run ``calls`` calls on ``backend`` with kills; the row of the table."""
+    """Run ``calls`` calls on ``backend`` with kills; the row of the table. ``retries``: the
+    calls are of an idempotent function, run again up to that many times."""
     import numpy as np
 
     from .. import Executor
@@ -207,13 +221,16 @@ def run_chaos(
         killer = Killer(targets_for(backend, ex), kill_every_ms, seed, scancel=backend == "slurm")
         t0 = time.monotonic()
         futs = []
+        fn, view = chaos_call, ex
+        if retries:
+            fn, view = chaos_call_idempotent, ex.options(retry=Retry(max_attempts=retries + 1))
         with ex.batch():
             for i in range(calls):
                 sleep_s = rng.uniform(0, max_sleep_ms) / 1e3
                 if i % 10 == 5:
-                    futs.append(ex.submit(chaos_call, i, log, sleep_s, arr))
+                    futs.append(view.submit(fn, i, log, sleep_s, arr))
                 else:
-                    futs.append(ex.submit(chaos_call, i, log, sleep_s))
+                    futs.append(view.submit(fn, i, log, sleep_s))
         killer.start()
         end = time.monotonic() + deadline_s
         pending = set(futs)
@@ -248,6 +265,9 @@ def run_chaos(
         replace = list(getattr(ex.backend, "replacement_ns", ()))
     starts, _ = read_marks(log)
     twice = sum(1 for i, n in starts.items() if i < calls and n > 1)
+    # a call may run as many times as it had attempts, no more
+    attempts = [f.attempts for f in futs]
+    overrun = sum(1 for i, n in starts.items() if i < calls and n > attempts[i])
     return {
         "backend": backend,
         "calls": calls,
@@ -258,6 +278,10 @@ def run_chaos(
         "hung": hung,
         "lost": lost,
         "ran_twice": twice,
+        "retries": retries,
+        "retried": sum(a > 1 for a in attempts),
+        "attempts_max": max(attempts, default=0),
+        "ran_more_than_attempts": overrun,
         "after_ok": after_ok,
         "replacements": len(replace),
         "replace_p50_ms": statistics.median(replace) / 1e6 if replace else None,
@@ -271,8 +295,9 @@ def run_chaos(
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| engine | calls | kills | completed | failed (by type) | hung | lost | ran twice "
+        "| retries: calls retried, most attempts, runs past attempts "
         "| replace p50 / p99 (ms) | served after | wall (s) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -282,9 +307,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             if r["replace_p50_ms"] is not None
             else "n/a"
         )
+        retry = "off"
+        if r.get("retries"):
+            retry = f"{r['retried']}, {r['attempts_max']}, {r['ran_more_than_attempts']}"
         lines.append(
             f"| {r['backend']} | {r['calls']} | {r['kills']} | {r['completed']} | {failed} "
-            f"| {r['hung']} | {r['lost']} | {r['ran_twice']} | {rep} | {r['after_ok']}/100 "
+            f"| {r['hung']} | {r['lost']} | {r['ran_twice']} | {retry} | {rep} "
+            f"| {r['after_ok']}/100 "
             f"| {r['wall_s']:.1f} |"
         )
     return "\n".join(lines)
@@ -300,6 +329,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="each call sleeps uniformly up to this (2)")  # fmt: skip
     p.add_argument("--deadline", type=float, default=300.0,
                    help="seconds after which calls not ended count as hung (300)")  # fmt: skip
+    p.add_argument("--retries", type=int, default=0,
+                   help="calls of an idempotent function, run again up to N times (0)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
@@ -311,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
             run_chaos(
                 name, args.calls, args.kill_every, seed=args.seed,
                 max_sleep_ms=args.max_sleep_ms, deadline_s=args.deadline,
+                retries=args.retries,
             )
         )  # fmt: skip
     if args.json:
@@ -319,5 +351,9 @@ def run(args: argparse.Namespace) -> int:
         info = machine.describe()
         print(f"# chaos: {info.get('cpu_model', '?')}, {os.cpu_count()} cores\n")
         print(format_table(rows))
-    bad = any(r["hung"] or r["lost"] or r["ran_twice"] or r["after_ok"] != 100 for r in rows)
+    bad = any(
+        r["hung"] or r["lost"] or r["ran_more_than_attempts"] or r["after_ok"] != 100
+        or (r["ran_twice"] and not r["retries"])
+        for r in rows
+    )  # fmt: skip
     return 1 if bad else 0
