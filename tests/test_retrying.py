@@ -108,3 +108,15 @@ def test_a_retry_after_shutdown_ends_with_a_clear_error(log):
     with pytest.raises(hetfaas.ExecutorShutdownError):
         fut.result(timeout=10)
     assert runs(log, "h") == 1
+
+
+def test_retries_apply_on_other_engines_too(log, tmp_path):
+    # the attempts are the executor's, whatever the engine: a Submitit job that dies
+    with hetfaas.Executor("submitit-local", folder=str(tmp_path / "jobs")) as ex:
+        fut = ex.submit(fx.flaky_idempotent, log, "s", 1)
+        assert fut.result(timeout=120) == "s"
+        assert runs(log, "s") == 2 and fut.attempts == 2
+        plain = ex.submit(fx.flaky, log, "t", 1)
+        with pytest.raises((hetfaas.WorkerDied, hetfaas.JobFailed)):
+            plain.result(timeout=120)
+        assert runs(log, "t") == 1
