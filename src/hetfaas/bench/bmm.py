@@ -17,6 +17,7 @@ anything is measured; the cold start is measured and reported on its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -489,8 +490,10 @@ def run_study(
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    monitor: Any = None,
 ) -> dict[str, Any]:
-    """Measure every configuration of :func:`plan` ``cfg.runs`` times on executor ``ex``."""
+    """Measure every configuration of :func:`plan` ``cfg.runs`` times on executor ``ex``;
+    ``monitor`` (a :class:`hetfaas.bench.bmm_monitor.StudyMonitor`) is told what runs when."""
     from hetfaas import machine
 
     say = log or (lambda _msg: None)
@@ -545,7 +548,8 @@ def run_study(
                     description=f"run {run_index + 1}/{cfg.runs} {s.mode} {shape_key(s.shape)}",
                 )
                 A, B, ref = get(s.shape)
-                trial = measure(s.mode, A, B, s.repeat, ref)
+                with monitor.mark(s.mode) if monitor is not None else contextlib.nullcontext():
+                    trial = measure(s.mode, A, B, s.repeat, ref)
                 trial["run"] = run_index
                 s.trials.append(trial)
                 if not trial["verified"]:
@@ -663,6 +667,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots"
     )
+    parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="sample CPU, memory, GPU and GPU memory of bare metal and serverless over time",
+    )
+    parser.add_argument(
+        "--monitor-interval",
+        dest="monitor_interval",
+        type=float,
+        default=0.25,
+        help="seconds between the monitor's samples (default 0.25)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -690,10 +706,28 @@ def run(args: argparse.Namespace) -> int:
             f"bmm study: repeat={cfg.repeat} runs={cfg.runs} on {cfg.backend}; compute alone is "
             f"about {estimate_seconds(cfg, slots):.0f} s on the CPU at ~90 GFLOP/s per core"
         )
-        results = run_study(cfg, ex, progress=show, log=log)
-    paths = report.write_report(
-        results, getattr(args, "out", "results/bmm"), plots=not getattr(args, "no_plots", False)
-    )
+        monitor = None
+        if getattr(args, "monitor", False):
+            from .bmm_monitor import StudyMonitor
+
+            monitor = StudyMonitor(getattr(args, "monitor_interval", 0.25)).start()
+        try:
+            results = run_study(cfg, ex, progress=show, log=log, monitor=monitor)
+        finally:
+            mon = monitor.finish() if monitor is not None else None
+    plots = not getattr(args, "no_plots", False)
+    paths = report.write_report(results, getattr(args, "out", "results/bmm"), plots=plots)
+    if mon is not None:
+        from . import bmm_monitor
+
+        summary = bmm_monitor.summarize(mon)
+        results["monitor"] = {k: v for k, v in mon.items() if k != "samples"} | {"summary": summary}
+        paths |= bmm_monitor.write(mon, paths["report"].parent, plots=plots)
+        with open(paths["report"], "a", encoding="utf-8") as fh:
+            fh.write("\n" + bmm_monitor.markdown(mon, summary))
+        with open(paths["results"], "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1, default=report.json_default)
+            fh.write("\n")
     if as_json:
         json.dump(results, sys.stdout, indent=1, default=report.json_default)
         sys.stdout.write("\n")
