@@ -190,3 +190,17 @@ def flaky_idempotent(log, key, die_times=1, sleep_s=0.0, fail_with=None):
 def flaky_items(log, key):
     """For a chunked map: item 3's worker dies the first time."""
     return flaky(log, key, die_times=1 if key == 3 else 0)
+
+
+def gpu_matmuls(seconds):
+    """Keep the call's GPU busy with matmuls for ``seconds``; how many ran."""
+    import torch
+
+    a = torch.randn(4096, 4096, device="cuda")
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        b = a @ a
+        torch.cuda.synchronize()
+        n += 1
+    del b
+    return n

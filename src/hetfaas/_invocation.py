@@ -85,6 +85,8 @@ class CallUsage(NamedTuple):
     peak_rss_mb: float  # the running process's peak RSS at the call's end (its high-water mark)
     memory_mb: float | None = None  # memory requested
     gpus: int = 0
+    gpu_util_percent: float | None = None  # mean over the call (NVML, per process)
+    gpu_peak_mem_mb: float | None = None
 
 
 class Stamps(NamedTuple):

@@ -112,6 +112,8 @@ class Reply:
     gpus: str = ""
     cpu_ns: int = -1  # CPU time of the engine process while the function ran (-1: unknown)
     maxrss_kb: int = 0  # the engine process's peak RSS at the function's end
+    gpu_util: float | None = None  # a call holding GPUs: mean utilisation % (None: unknown)
+    gpu_mem_mb: float | None = None  # and peak GPU memory
 
 
 def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None) -> Reply:
@@ -121,6 +123,8 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
     begin = time.time_ns()
     load_ns = start = 0
     cpu0 = cpu_ns = -1
+    meter = _gpu_meter() if payload.gpus else None
+    gpu: tuple[float | None, float | None] = (None, None)
     sys.path.extend(p for p in payload.sys_path if p not in sys.path)
     try:
         fn = _loaded.get(payload.digest)
@@ -138,10 +142,14 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
         start = time.time_ns()
         if on_start is not None:
             on_start(start)
+        if meter is not None:
+            meter.start()
         cpu0 = time.process_time_ns()
         value = fn(*args, **kwargs)
         end = time.time_ns()
         cpu_ns = time.process_time_ns() - cpu0
+        if meter is not None:
+            gpu = meter.stop()
         try:
             data = cloudpickle.dumps(value, protocol=5)
         except Exception as exc:
@@ -153,14 +161,28 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
         end = time.time_ns()
         if start and cpu0 >= 0 and cpu_ns < 0:
             cpu_ns = time.process_time_ns() - cpu0
+            if meter is not None:
+                gpu = meter.stop()
         start = start or end
         ok, data = False, errors.encode(exc)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if cpu_ns >= 0 else 0
     return Reply(
         ok, data, begin, start, end, load_ns, _process_start_ns(), os.getpid(),
         os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
-        os.environ.get("CUDA_VISIBLE_DEVICES", ""), cpu_ns, maxrss,
+        os.environ.get("CUDA_VISIBLE_DEVICES", ""), cpu_ns, maxrss, *gpu,
     )  # fmt: skip
+
+
+_meters: list[Any] = []
+
+
+def _gpu_meter() -> Any:
+    """This engine process's GPU meter (one per process: NVML is initialised once)."""
+    if not _meters:
+        from ..monitor.gpucall import GpuMeter
+
+        _meters.append(GpuMeter())
+    return _meters[0]
 
 
 def error_reply(exc: BaseException, start_ns: int = 0, end_ns: int = 0, tb: str = "") -> Reply:
@@ -228,7 +250,8 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
     usage = None
     if reply.cpu_ns >= 0:
         usage = CallUsage(compute / 1e9, reply.cpu_ns / 1e9, payload.cpus,
-                          reply.maxrss_kb / 1024, payload.memory_mb, len(gpus))  # fmt: skip
+                          reply.maxrss_kb / 1024, payload.memory_mb, len(gpus),
+                          reply.gpu_util, reply.gpu_mem_mb)  # fmt: skip
     settle(fut, value, error=exc, timings=stamps, usage=usage)
 
 

@@ -67,7 +67,8 @@ def usage_of(
 
 def usage_of_call(raw: Any) -> Usage:
     """A call's :class:`Usage` from a backend's ``CallUsage``."""
-    base = Usage(raw.wall_s, raw.cpu_s, raw.cpus, raw.peak_rss_mb, raw.memory_mb, raw.gpus)
+    base = Usage(raw.wall_s, raw.cpu_s, raw.cpus, raw.peak_rss_mb, raw.memory_mb, raw.gpus,
+                 raw.gpu_util_percent, raw.gpu_peak_mem_mb)  # fmt: skip
     return Usage(**{**base.__dict__, "advice": tuple(advise(base))})
 
 

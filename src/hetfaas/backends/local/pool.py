@@ -686,7 +686,7 @@ class LocalBackend(WorkerLifecycle, Backend):
 
     def _complete(self, w: WorkerHandle, call: CallRecord, reply: tuple[Any, ...]) -> None:
         (_, status, data, descs, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained,
-         cpu_ns, maxrss_kb, recv_ns) = reply  # fmt: skip
+         cpu_ns, maxrss_kb, gpu_util, gpu_mem, recv_ns) = reply  # fmt: skip
         fut = call.future
         fut.stdout, fut.stderr = out, err
         exc: BaseException | None = None
@@ -719,7 +719,7 @@ class LocalBackend(WorkerLifecycle, Backend):
         if cpu_ns >= 0:
             res = call.resources
             usage = CallUsage(compute / 1e9, cpu_ns / 1e9, res.cpus, maxrss_kb / 1024,
-                              res.memory_mb, len(w.gpus))  # fmt: skip
+                              res.memory_mb, len(w.gpus), gpu_util, gpu_mem)  # fmt: skip
         complete(fut, value, error=exc, timings=stamps, usage=usage)
 
     def _track(self, w: WorkerHandle) -> Any:

@@ -9,10 +9,12 @@ worker -> caller
     (READY, pid, ready_ns, preload_ns)
     (RESULTS, [reply, ...])          reply = (seq, status, data, descs, deser_ns, start_ns,
                                      end_ns, fn_load_ns, stdout, stderr, retained, cpu_ns,
-                                     maxrss_kb, recv_ns)
+                                     maxrss_kb, gpu_util, gpu_mem_mb, recv_ns)
 
 ``measure``: the worker reads its CPU time around the function and its peak RSS after it
-(``cpu_ns`` -1 and ``maxrss_kb`` 0 when it did not).
+(``cpu_ns`` -1 and ``maxrss_kb`` 0 when it did not), and, for a worker holding GPUs, the
+call's mean GPU utilisation and peak GPU memory (:mod:`hetfaas.monitor.gpucall`; None when
+not known).
 
 ``status`` is VALUE, EXCEPTION (data: what ``hetfaas.backends.errors.encode`` made) or
 CANCELLED (the call was cancelled: interrupted, or skipped before it began).

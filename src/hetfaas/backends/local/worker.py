@@ -54,6 +54,8 @@ class Worker:
         self.in_fn = False  # inside the user's function: a cancel may interrupt it
         self.n_modules = len(sys.modules)  # libraries are looked up again when this grows
         self.spin_ns = int(float(os.environ.get("HETFAAS_SPIN_US", "0")) * 1000)
+        self.gpu_meter: Any = None  # a GpuMeter, made for the first measured call on a GPU
+        self.has_gpus = bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
 
     def pin(self, cpus: tuple[int, ...], for_call: bool = True) -> None:
         """Own these cores: affinity, and as many threads as cores in every thread pool
@@ -102,7 +104,7 @@ class Worker:
                 pack("<qq", self.control, slot, call[0], 0)
                 if self.cancel_seq() == call[0]:  # cancelled before it began: do not run it
                     pending.append((call[0], P.CANCELLED, b"", (), t_call, t_call, t_call, 0,
-                                    "", "", [], -1, 0, recv_ns))  # fmt: skip
+                                    "", "", [], -1, 0, None, None, recv_ns))  # fmt: skip
                 else:
                     pending.append((*self.execute(call), recv_ns))
                 now = time.perf_counter_ns()
@@ -124,6 +126,8 @@ class Worker:
         views: list[tuple[weakref.ref[Any], str]] = []
         out = err = ""
         cpu0 = cpu_ns = -1  # -1: not measured (a short call: the clocks cost more than it)
+        meter: Any = None
+        gpu_util = gpu_mem = None  # a call holding GPUs: mean utilisation %, peak memory MiB
         try:
             fn = self.functions.get(digest)
             if fn is None:
@@ -147,6 +151,9 @@ class Worker:
             start_ns = time.perf_counter_ns()
             struct.pack_into("<q", self.control, self.index * P.CONTROL_SLOT + 8, start_ns)
             self.in_fn = True  # from here SIGUSR1 may interrupt (see on_cancel)
+            meter = self._meter() if measure and self.has_gpus else None
+            if meter is not None:
+                meter.start()
             if measure:
                 cpu0 = time.process_time_ns()
             if capture:
@@ -162,6 +169,8 @@ class Worker:
             end_ns = time.perf_counter_ns()
             if measure:
                 cpu_ns = time.process_time_ns() - cpu0
+            if meter is not None:
+                gpu_util, gpu_mem = meter.stop()
             del args, kwargs
             if type(value) in _SIMPLE:
                 reply = (seq, P.VALUE, pickle.dumps(value, protocol=5), ())
@@ -182,13 +191,23 @@ class Worker:
             end_ns = time.perf_counter_ns()
             if cpu0 >= 0:
                 cpu_ns = time.process_time_ns() - cpu0
+            if meter is not None:
+                gpu_util, gpu_mem = meter.stop()
             start_ns = start_ns or end_ns
             reply = (seq, P.EXCEPTION, errors.encode(exc), ())
             exc.__traceback__ = None
             del exc
         retained = [name for ref, name in views if ref() is not None and "-a-" in name]
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if cpu_ns >= 0 else 0
-        return (*reply, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained, cpu_ns, maxrss)
+        return (*reply, deser_ns, start_ns, end_ns, fn_load_ns, out, err, retained, cpu_ns, maxrss,
+                gpu_util, gpu_mem)  # fmt: skip
+
+    def _meter(self) -> Any:
+        if self.gpu_meter is None:
+            from ...monitor.gpucall import GpuMeter
+
+            self.gpu_meter = GpuMeter()
+        return self.gpu_meter
 
 
 class CallInterrupted(BaseException):
