@@ -43,3 +43,20 @@ def test_slurm_packed_unpacked_and_plain_submitit():
     assert packed["p50_ms"] is None and packed["rates"]["3"] > 0
     assert ours["median_phases_ms"]["queue_ms"] > 0  # Slurm's pending and launch: queue time
     assert {"slurm p50 ours/raw", "slurm 3 calls/s packed/raw"} <= set(res["ratios"])
+
+
+def test_parsl_next_to_plain_parsl():
+    pytest.importorskip("parsl")
+    res = engines.run_engines(["parsl"], [3], quick=True, log=lambda _: None)
+    ours, one, plain = res["rows"]
+    assert ours["system"] == "hetfaas parsl" and "chunksize=1" in one["system"]
+    assert plain["system"].startswith("plain Parsl")
+    for row in (ours, plain):
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert 0 < row["zero_blocks_to_first_s"] < 120  # a block started for the first call
+    assert all(r["rates"]["3"] > 0 for r in res["rows"])
+    assert ours["median_phases_ms"]["total_ms"] > 0
+    assert {"parsl p50 ours/raw", "parsl zero blocks to first result ours/raw"} <= set(
+        res["ratios"]
+    )
+    assert "zero blocks to first result" in engines.format_engines(res)

@@ -14,6 +14,7 @@ _REGISTRY: dict[str, str | type[Backend]] = {
     "submitit-local": "hetfaas.backends.submitit_backend:SubmititLocalBackend",
     "slurm": "hetfaas.backends.submitit_backend:SlurmBackend",
     "ray": "hetfaas.backends.ray_backend:RayBackend",
+    "parsl": "hetfaas.backends.parsl_backend:ParslBackend",
 }
 
 

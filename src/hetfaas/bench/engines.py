@@ -7,7 +7,13 @@ it, the raw engine doing the same: plain Submitit (``executor.submit(f).result()
 ``map_array`` then ``result()`` on each job) for ``submitit-local`` and ``slurm``, plain Ray
 (``ray.get(f.remote())``) for ``ray``, in the same Ray session with the latency samples of
 the two interleaved. On Slurm, calls are also run packed (``pack=N``: all calls
-of a map in one allocation on a warm pool) and unpacked (one array task per call).
+of a map in one allocation on a warm pool) and unpacked (one array task per call). For
+``parsl``, plain Parsl is a bare ``python_app`` no-op under a DataFlowKernel of its own, on the
+same kind of HighThroughputExecutor as ours (LocalProvider, one block of one worker per core,
+the same heartbeats and strategy), both warm, their latency samples interleaved as for Ray;
+ours also runs its maps with one call per item (``chunksize=1``), and each measures the time
+from zero blocks (``init_blocks=0``) to its first result: Parsl's strategy starting a block,
+the block's worker pool starting, the call (the median of 5 setups each, 1 with ``--quick``).
 
 Submitit's ``LocalExecutor`` starts one process per job at once, so 1,000 unpacked calls on
 ``submitit-local`` (ours or plain) would start 1,000 Python processes together: that size runs
@@ -17,6 +23,7 @@ packed only there.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import statistics
 import tempfile
@@ -27,10 +34,10 @@ from typing import Any
 from .. import machine
 from .overhead import _pct, noop
 
-ENGINES = ("local", "submitit-local", "slurm", "ray")
+ENGINES = ("local", "submitit-local", "slurm", "ray", "parsl")
 # Sequential latency samples per engine (full run; --quick divides by 4, at least 3).
-LATENCY_CALLS = {"local": 2000, "ray": 300, "submitit-local": 12, "slurm": 12}
-_BLOCK = 25  # ray: ours and plain Ray alternate in blocks of this many sequential calls
+LATENCY_CALLS = {"local": 2000, "ray": 300, "parsl": 400, "submitit-local": 12, "slurm": 12}
+_BLOCK = 25  # ray, parsl: ours and the plain engine alternate in blocks of this many calls
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -166,6 +173,99 @@ def _ray_side_by_side(n_lat: int, sizes: list[int]) -> list[dict[str, Any]]:
     return [ours, _row("ray", "plain Ray (ray.get(f.remote()))", lat["raw"], rates["raw"])]
 
 
+def _plain_parsl(init_blocks: int, run_dir: str) -> tuple[Any, Any]:
+    """A DataFlowKernel of plain Parsl on the same kind of HTEX as ``Executor("parsl")``'s
+    default, and a bare no-op ``python_app`` on it."""
+    from parsl import python_app
+    from parsl.config import Config
+    from parsl.dataflow.dflow import DataFlowKernel
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    from ..backends.parsl_backend import launch_commands
+
+    pool, interchange = launch_commands()
+    htex = HighThroughputExecutor(
+        label="plain", address="127.0.0.1", max_workers_per_node=len(os.sched_getaffinity(0)),
+        cpu_affinity="block", heartbeat_period=2, heartbeat_threshold=10,
+        provider=LocalProvider(init_blocks=init_blocks, min_blocks=0, max_blocks=1),
+        launch_cmd=pool, interchange_launch_cmd=interchange,
+    )  # fmt: skip
+    config = Config(executors=[htex], run_dir=run_dir, strategy="simple", strategy_period=0.5,
+                    initialize_logging=False)  # fmt: skip
+    dfk = DataFlowKernel(config)
+    return dfk, python_app(noop, data_flow_kernel=dfk, executors=["plain"])
+
+
+def _zero_to_first(start: Callable[[], Any], call: Callable[[Any], Any],
+                   stop: Callable[[Any], Any]) -> float:  # fmt: skip
+    """Seconds from the first call on a setup with no block yet to its result."""
+    handle = start()
+    try:
+        t0 = time.perf_counter()
+        call(handle)
+        return time.perf_counter() - t0
+    finally:
+        stop(handle)
+
+
+def _parsl_side_by_side(n_lat: int, sizes: list[int], zero_reps: int) -> list[dict[str, Any]]:
+    """Ours and plain Parsl, warm and interleaved; then each from zero blocks (the median of
+    ``zero_reps`` setups each, alternating)."""
+    from .._executor import Executor
+
+    rows: list[dict[str, Any]] = []
+    with _folder() as folder, Executor("parsl") as ex:
+        ex.warmup()
+        dfk, app = _plain_parsl(1, os.path.join(folder, "plain"))
+        try:
+            [f.result() for f in [app(None) for _ in range(20)]]  # its block and workers up
+            ex.submit(noop, None).result()
+            calls = {
+                "ours": lambda: ex.submit(noop, None).result(),
+                "raw": lambda: app(None).result(),
+            }
+            lat: dict[str, list[float]] = {"ours": [], "raw": []}
+            for i, start in enumerate(range(0, n_lat, _BLOCK)):
+                order = ("ours", "raw") if i % 2 == 0 else ("raw", "ours")
+                for who in order:
+                    lat[who] += _latencies(calls[who], min(_BLOCK, n_lat - start))
+            phases = _phases(ex, min(n_lat, 20))
+            rates: dict[str, dict[str, float | None]] = {"ours": {}, "one": {}, "raw": {}}
+            for n in sizes:
+                rates["ours"][str(n)] = n / _timed(lambda n=n: list(ex.map(noop, range(n))))
+                rates["one"][str(n)] = n / _timed(
+                    lambda n=n: list(ex.map(noop, range(n), chunksize=1))
+                )
+                rates["raw"][str(n)] = n / _timed(
+                    lambda n=n: [f.result() for f in [app(i) for i in range(n)]]
+                )
+        finally:
+            dfk.cleanup()
+        ours = _row("parsl", "hetfaas parsl", lat["ours"], rates["ours"])
+        ours["median_phases_ms"] = phases
+        one = _row("parsl", "hetfaas parsl (chunksize=1)", [], rates["one"])
+        raw = _row("parsl", "plain Parsl HTEX (python_app)", lat["raw"], rates["raw"])
+        rows += [ours, one, raw]
+    with _folder() as folder:
+        zero: dict[str, list[float]] = {"ours": [], "raw": []}
+        for i in range(zero_reps):  # the strategy's period makes single samples jumpy
+            zero["ours"].append(_zero_to_first(
+                lambda: Executor("parsl", init_blocks=0),
+                lambda e: e.submit(noop, None).result(),
+                lambda e: e.shutdown(),
+            ))  # fmt: skip
+            zero["raw"].append(_zero_to_first(
+                lambda i=i: _plain_parsl(0, os.path.join(folder, f"zero{i}")),
+                lambda pair: pair[1](None).result(),
+                lambda pair: pair[0].cleanup(),
+            ))  # fmt: skip
+    for row, who in ((ours, "ours"), (raw, "raw")):
+        row["zero_blocks_to_first_s"] = statistics.median(zero[who])
+        row["zero_blocks_to_first_samples_s"] = zero[who]
+    return rows
+
+
 def run_engines(
     backends: list[str],
     sizes: list[int],
@@ -187,6 +287,8 @@ def run_engines(
             rows.append(_ours("local", n_lat, sizes))
         elif engine == "ray":
             rows += _ray_side_by_side(n_lat, sizes)
+        elif engine == "parsl":
+            rows += _parsl_side_by_side(n_lat, sizes, 1 if quick else 5)
         else:
             params = {"partition": partition} if partition and engine == "slurm" else {}
             with _folder() as folder:
@@ -216,7 +318,13 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
                 base = raw["rates"].get(n)
                 if rate and base and r is not raw:
                     tag = "packed" if "pack=" in r["system"] else "ours"
+                    if "chunksize=1" in r["system"]:
+                        tag = "one call per item"
                     out[f"{engine} {n} calls/s {tag}/raw"] = rate / base
+        if ours.get("zero_blocks_to_first_s") and raw.get("zero_blocks_to_first_s"):
+            out[f"{engine} zero blocks to first result ours/raw"] = (
+                ours["zero_blocks_to_first_s"] / raw["zero_blocks_to_first_s"]
+            )
     return out
 
 
@@ -237,5 +345,9 @@ def format_engines(res: dict[str, Any]) -> str:
             f"| {r['engine']} | {r['system']} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | {cells} |"
         )
     lines.append("")
+    for r in res["rows"]:
+        if r.get("zero_blocks_to_first_s") is not None:
+            lines.append(f"- {r['system']}: zero blocks to first result "
+                         f"{r['zero_blocks_to_first_s']:.2f} s (median)")  # fmt: skip
     lines += [f"- {k}: {v:.2f}" for k, v in res["ratios"].items()]
     return "\n".join(lines)
