@@ -292,5 +292,7 @@ def test_usage_of_a_job(sex):
     fut = sex.submit(fx.burn_and_hold, 0.2, 40)
     assert fut.result(timeout=120) == 40
     u = fut.usage
-    assert 0.15 <= u.cpu_s <= fut.timings.compute_us / 1e6 * 1.05 + 0.01
+    # the job process's CPU time over the call: the function's, and the engine's own threads
+    # (Submitit's, the result poller) a little; a loaded machine has seen 110%
+    assert 0.15 <= u.cpu_s <= fut.timings.compute_us / 1e6 * 1.3 + 0.02
     assert u.peak_rss_mb >= 40 and u.cpu_efficiency > 0.5
