@@ -1,6 +1,6 @@
 """``hetfaas``: the command line.
 
-``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit|elastic``,
+``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit|elastic|pilot``,
 ``hetfaas monitor [--interval S] [--out DIR] -- CMD``, ``hetfaas rendezvous``, ``hetfaas info``."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _BENCHES = {
     "chaos": ("hetfaas.bench.chaos", "calls while workers are killed at random: none lost"),
     "submitit": ("hetfaas.bench.submitit_surface", "Submitit vs hetfaas.submitit, same code"),
     "elastic": ("hetfaas.bench.elastic", "an autoscaled pool vs a fixed one on a bursty trace"),
+    "pilot": ("hetfaas.bench.pilot", "warm pilot blocks on Slurm vs a Slurm job per call"),
 }
 
 

@@ -15,6 +15,7 @@ _REGISTRY: dict[str, str | type[Backend]] = {
     "slurm": "hetfaas.backends.submitit_backend:SlurmBackend",
     "ray": "hetfaas.backends.ray_backend:RayBackend",
     "parsl": "hetfaas.backends.parsl_backend:ParslBackend",
+    "slurm-pilot": "hetfaas.backends.pilot.backend:SlurmPilotBackend",
 }
 
 
@@ -38,6 +39,12 @@ def available() -> list[str]:
 
 
 def create(name: str, **options: Any) -> Backend:
+    if name == "slurm" and "pilot" in options:
+        # Executor("slurm", pilot=...): warm pilot blocks (hetfaas.backends.pilot) instead of
+        # a Slurm job per call; pilot=None or False keeps the job per call.
+        pilot = options.pop("pilot")
+        if pilot is not None and pilot is not False:
+            name, options["pilot"] = "slurm-pilot", pilot
     try:
         target = _REGISTRY[name]
     except KeyError:
