@@ -34,9 +34,11 @@ from typing import Any
 from .. import machine
 from .overhead import _pct, noop
 
-ENGINES = ("local", "submitit-local", "slurm", "ray", "parsl")
+ENGINES = ("local", "submitit-local", "slurm", "slurm-pilot", "ray", "parsl")
 # Sequential latency samples per engine (full run; --quick divides by 4, at least 3).
-LATENCY_CALLS = {"local": 2000, "ray": 300, "parsl": 400, "submitit-local": 12, "slurm": 12}
+LATENCY_CALLS = {"local": 2000, "ray": 300, "parsl": 400, "submitit-local": 12, "slurm": 12,
+                 "slurm-pilot": 1000}  # fmt: skip
+PILOT = {"max_blocks": 1, "cpus": 1, "memory_mb": 1000}  # one warm one-core block
 _BLOCK = 25  # ray, parsl: ours and the plain engine alternate in blocks of this many calls
 
 
@@ -197,6 +199,33 @@ def _plain_parsl(init_blocks: int, run_dir: str) -> tuple[Any, Any]:
     return dfk, python_app(noop, data_flow_kernel=dfk, executors=["plain"])
 
 
+def _pilot_side_by_side(
+    n_lat: int, sizes: list[int], zero_reps: int, partition: str | None
+) -> list[dict[str, Any]]:
+    """Warm pilot blocks on Slurm next to plain Submitit on the same Slurm: latency, maps,
+    and the time from zero blocks to the first result."""
+    from .._executor import Executor
+
+    params = {"partition": partition} if partition else {}
+    with _folder() as folder:
+        ours = _ours("slurm-pilot", n_lat, sizes, folder=folder, pilot=PILOT, **params)
+        ours["system"] = "hetfaas slurm-pilot (one warm block of 1 core)"
+        zero = [
+            _zero_to_first(
+                lambda: Executor("slurm", pilot=PILOT, folder=folder, **params),
+                lambda ex: ex.submit(noop, None).result(),
+                lambda ex: ex.shutdown(),
+            )
+            for _ in range(zero_reps)
+        ]
+        ours["zero_blocks_to_first_s"] = statistics.median(zero)
+        ours["zero_blocks_to_first_samples_s"] = zero
+        raw = {"slurm_partition": partition} if partition else {}
+        plain = _plain_submitit("slurm", min(n_lat, 12), sizes, folder, **raw)
+        plain["engine"] = "slurm-pilot"
+    return [ours, plain]
+
+
 def _zero_to_first(start: Callable[[], Any], call: Callable[[Any], Any],
                    stop: Callable[[Any], Any]) -> float:  # fmt: skip
     """Seconds from the first call on a setup with no block yet to its result."""
@@ -289,6 +318,8 @@ def run_engines(
             rows += _ray_side_by_side(n_lat, sizes)
         elif engine == "parsl":
             rows += _parsl_side_by_side(n_lat, sizes, 1 if quick else 5)
+        elif engine == "slurm-pilot":
+            rows += _pilot_side_by_side(n_lat, sizes, 1 if quick else 3, partition)
         else:
             params = {"partition": partition} if partition and engine == "slurm" else {}
             with _folder() as folder:

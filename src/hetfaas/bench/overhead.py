@@ -241,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backends",
         default=None,
         help="compare engines instead, each next to the raw engine in the same run: a comma "
-        "list of local, submitit-local, slurm, ray, parsl",
+        "list of local, submitit-local, slurm, slurm-pilot, ray, parsl",
     )
     parser.add_argument(
         "--calls", default="20,1000", help="map sizes for --backends (default 20,1000)"
