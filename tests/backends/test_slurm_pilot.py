@@ -255,3 +255,14 @@ def test_block_ends_when_its_submitter_is_killed(slurm, tmp_path):
         proc.wait()
     assert wait_for(lambda: not jobs_named(name), 20, 0.1), "the block outlived its executor"
     assert wait_for(lambda: not agents_of(tmp_path), 10)
+
+
+def test_chaos_on_the_pilot_loses_nothing(slurm):
+    # workers killed inside the blocks and blocks scancelled, at random: every call ends,
+    # none runs more often than its attempts; with retries (idempotent) none fails
+    from hetfaas.bench.chaos import run_chaos
+
+    row = run_chaos("slurm-pilot", 2000, 200.0, seed=2, deadline_s=120, retries=3)
+    assert row["kills"] >= 3
+    assert row["hung"] == row["lost"] == row["ran_more_than_attempts"] == 0
+    assert row["failed"] == {} and row["completed"] == 2000 and row["after_ok"] == 100

@@ -69,10 +69,12 @@ def test_slurm_pilot_next_to_plain_submitit():
     if proc.returncode != 0:
         pytest.fail(f"scripts/slurm-up failed:\n{proc.stdout}\n{proc.stderr}")
     res = engines.run_engines(["slurm-pilot"], [3], quick=True, log=lambda _: None)
-    ours, plain = res["rows"]
+    ours, plain, parsl = res["rows"]
     assert ours["system"].startswith("hetfaas slurm-pilot") and plain["system"].startswith(
         "plain Submitit"
     )
+    assert parsl["system"].startswith("plain Parsl HTEX on Slurm") and parsl["p50_ms"] > 0
+    assert "slurm-pilot p50 pilot/" + parsl["system"] in res["ratios"]
     assert 0 < ours["p50_ms"] < plain["p50_ms"]  # a warm block against a job per call
     assert 0 < ours["zero_blocks_to_first_s"] < 120
     assert "slurm-pilot p50 ours/raw" in res["ratios"]

@@ -22,7 +22,9 @@ Engines and what is killed:
 - ``local``: the pool's worker processes;
 - ``submitit-local``: the processes Submitit started for jobs;
 - ``slurm``: job steps' processes (``slurm_entry``), or the job itself with ``scancel``;
-- ``ray``: Ray's worker processes (``ray::...``).
+- ``ray``: Ray's worker processes (``ray::...``);
+- ``slurm-pilot``: the workers inside pilot blocks, or a block itself with ``scancel`` (its
+  calls that began fail, the others move to the other block or a new one).
 """
 
 from __future__ import annotations
@@ -134,6 +136,21 @@ def _slurm_targets() -> list[int]:
     return out
 
 
+def _pilot_workers() -> list[int]:
+    """The workers of pilot blocks: the children of each agent's fork server."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "hetfaas.backends.pilot.agent" not in " ".join(p.info["cmdline"] or []):
+                continue
+            for server in p.children():
+                if "forkserver" in " ".join(server.cmdline()):
+                    out += [w.pid for w in server.children()]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
 def targets_for(backend: str, ex: Any) -> Callable[[], list[int]]:
     """The pids a kill may hit, looked up afresh before each kill."""
     if backend == "local":
@@ -144,6 +161,8 @@ def targets_for(backend: str, ex: Any) -> Callable[[], list[int]]:
         return _ray_workers
     if backend == "slurm":
         return _slurm_targets
+    if backend == "slurm-pilot":
+        return _pilot_workers
     raise ValueError(f"no kill strategy for backend {backend!r}")
 
 
@@ -213,12 +232,15 @@ def run_chaos(
     folder = tempfile.mkdtemp(prefix="hetfaas-chaos-")
     log = os.path.join(folder, "marks.log")
     opts = dict(options or {})
-    if backend in ("submitit-local", "slurm"):
+    if backend in ("submitit-local", "slurm", "slurm-pilot"):
         opts.setdefault("folder", os.path.join(folder, "jobs"))
+    if backend == "slurm-pilot":  # two warm one-core blocks
+        opts.setdefault("pilot", {"max_blocks": 2, "cpus": 1, "memory_mb": 1000})
     arr = np.arange(ARRAY_BYTES // 8, dtype=np.float64)
     with Executor(backend, **opts) as ex:
         ex.warmup()
-        killer = Killer(targets_for(backend, ex), kill_every_ms, seed, scancel=backend == "slurm")
+        scancel = backend in ("slurm", "slurm-pilot")
+        killer = Killer(targets_for(backend, ex), kill_every_ms, seed, scancel=scancel)
         t0 = time.monotonic()
         futs = []
         fn, view = chaos_call, ex
@@ -324,7 +346,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-every", type=float, default=20.0, metavar="MS",
                    help="mean time between kills in ms (20)")  # fmt: skip
     p.add_argument("--backends", default="local",
-                   help="comma-separated: local,submitit-local,slurm,ray (local)")  # fmt: skip
+                   help="comma-separated: local, submitit-local, slurm, slurm-pilot, ray "
+                        "(local)")  # fmt: skip
     p.add_argument("--max-sleep-ms", type=float, default=2.0,
                    help="each call sleeps uniformly up to this (2)")  # fmt: skip
     p.add_argument("--deadline", type=float, default=300.0,

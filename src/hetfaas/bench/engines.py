@@ -175,23 +175,34 @@ def _ray_side_by_side(n_lat: int, sizes: list[int]) -> list[dict[str, Any]]:
     return [ours, _row("ray", "plain Ray (ray.get(f.remote()))", lat["raw"], rates["raw"])]
 
 
-def _plain_parsl(init_blocks: int, run_dir: str) -> tuple[Any, Any]:
+def _plain_parsl(
+    init_blocks: int, run_dir: str, slurm: bool = False, partition: str | None = None
+) -> tuple[Any, Any]:
     """A DataFlowKernel of plain Parsl on the same kind of HTEX as ``Executor("parsl")``'s
-    default, and a bare no-op ``python_app`` on it."""
+    default, and a bare no-op ``python_app`` on it. ``slurm``: its block is a Slurm job of one
+    core (SlurmProvider, not exclusive), as a pilot block is."""
     from parsl import python_app
     from parsl.config import Config
     from parsl.dataflow.dflow import DataFlowKernel
     from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
+    from parsl.providers import LocalProvider, SlurmProvider
 
     from ..backends.parsl_backend import launch_commands
 
     pool, interchange = launch_commands()
+    workers = len(os.sched_getaffinity(0))
+    provider: Any = LocalProvider(init_blocks=init_blocks, min_blocks=0, max_blocks=1)
+    if slurm:
+        workers = 1
+        provider = SlurmProvider(
+            partition=partition, nodes_per_block=1, cores_per_node=1, mem_per_node=1,
+            init_blocks=init_blocks, min_blocks=0, max_blocks=1, walltime="00:20:00",
+            exclusive=False,
+        )  # fmt: skip
     htex = HighThroughputExecutor(
-        label="plain", address="127.0.0.1", max_workers_per_node=len(os.sched_getaffinity(0)),
+        label="plain", address="127.0.0.1", max_workers_per_node=workers,
         cpu_affinity="block", heartbeat_period=2, heartbeat_threshold=10,
-        provider=LocalProvider(init_blocks=init_blocks, min_blocks=0, max_blocks=1),
-        launch_cmd=pool, interchange_launch_cmd=interchange,
+        provider=provider, launch_cmd=pool, interchange_launch_cmd=interchange,
     )  # fmt: skip
     config = Config(executors=[htex], run_dir=run_dir, strategy="simple", strategy_period=0.5,
                     initialize_logging=False)  # fmt: skip
@@ -223,7 +234,37 @@ def _pilot_side_by_side(
         raw = {"slurm_partition": partition} if partition else {}
         plain = _plain_submitit("slurm", min(n_lat, 12), sizes, folder, **raw)
         plain["engine"] = "slurm-pilot"
-    return [ours, plain]
+        rows = [ours, plain]
+        with contextlib.suppress(ImportError):  # no Parsl here: the Submitit peer only
+            rows.append(_pilot_and_parsl_on_slurm(n_lat, folder, partition))
+    return rows
+
+
+def _pilot_and_parsl_on_slurm(n_lat: int, folder: str, partition: str | None) -> dict[str, Any]:
+    """Plain Parsl HTEX with its block on the same Slurm (one core), warm, its latency
+    interleaved with a warm pilot block's in blocks of calls; the Parsl row (the pilot's
+    interleaved figures go on it as ``pilot_p50_ms``)."""
+    from .._executor import Executor
+
+    params = {"partition": partition} if partition else {}
+    dfk, app = _plain_parsl(1, os.path.join(folder, "plain-parsl"), True, partition)
+    try:
+        with Executor("slurm", pilot=PILOT, folder=folder, **params) as ex:
+            ex.submit(noop, None).result()
+            [f.result() for f in [app(None) for _ in range(20)]]  # its block and worker up
+            calls = {"pilot": lambda: ex.submit(noop, None).result(),
+                     "raw": lambda: app(None).result()}  # fmt: skip
+            lat: dict[str, list[float]] = {"pilot": [], "raw": []}
+            n = min(n_lat, 400)
+            for i, start in enumerate(range(0, n, _BLOCK)):
+                order = ("pilot", "raw") if i % 2 == 0 else ("raw", "pilot")
+                for who in order:
+                    lat[who] += _latencies(calls[who], min(_BLOCK, n - start))
+    finally:
+        dfk.cleanup()
+    row = _row("slurm-pilot", "plain Parsl HTEX on Slurm (SlurmProvider, 1 core)", lat["raw"], {})
+    row["pilot_p50_ms"] = _pct(lat["pilot"], 0.5) * 1e3
+    return row
 
 
 def _zero_to_first(start: Callable[[], Any], call: Callable[[Any], Any],
@@ -352,6 +393,9 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
                     if "chunksize=1" in r["system"]:
                         tag = "one call per item"
                     out[f"{engine} {n} calls/s {tag}/raw"] = rate / base
+        for peer in group:  # a peer measured interleaved with ours, in the same run
+            if peer.get("pilot_p50_ms") and peer["p50_ms"]:
+                out[f"{engine} p50 pilot/{peer['system']}"] = peer["pilot_p50_ms"] / peer["p50_ms"]
         if ours.get("zero_blocks_to_first_s") and raw.get("zero_blocks_to_first_s"):
             out[f"{engine} zero blocks to first result ours/raw"] = (
                 ours["zero_blocks_to_first_s"] / raw["zero_blocks_to_first_s"]
@@ -380,5 +424,5 @@ def format_engines(res: dict[str, Any]) -> str:
         if r.get("zero_blocks_to_first_s") is not None:
             lines.append(f"- {r['system']}: zero blocks to first result "
                          f"{r['zero_blocks_to_first_s']:.2f} s (median)")  # fmt: skip
-    lines += [f"- {k}: {v:.2f}" for k, v in res["ratios"].items()]
+    lines += [f"- {k}: {v:.3g}" for k, v in res["ratios"].items()]
     return "\n".join(lines)

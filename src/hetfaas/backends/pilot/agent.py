@@ -103,6 +103,19 @@ class Agent:
         cold, t_in = (st.cold_start_ns, st.transfer_in_ns) if st is not None else (0, 0)
         with self._lock:
             self._results.append((fut.seq, reply, cold, t_in, fut.recv_ns))
+        # The block's last call in flight: send from this thread (the pool's delivery) when no
+        # one else is sending, as waking the sender thread costs a thread switch on the
+        # result's way, more than the send itself. With more in flight, the sender thread
+        # batches the results that come meanwhile into one frame.
+        if not self._futures and self._out.acquire(blocking=False):
+            try:
+                if not self._closing:
+                    self._send_events()
+                    return
+            except OSError:
+                return  # the reader sees the connection end too
+            finally:
+                self._out.release()
         self._wake.set()
 
     def _send_events(self) -> bool:
@@ -219,7 +232,9 @@ class Agent:
         calls that were running here), then the pool and its processes."""
         self._closing = True  # from here on_done reports nothing: the submitter settles
         with contextlib.suppress(Exception):
-            self.pool.cancel_pending()  # nothing more begins: the events below are complete
+            # nothing more begins (not even a call its pool requeued after a worker died, as
+            # SIGTERM reaches the workers too): the events below are complete
+            self.pool.shutdown(wait=False, cancel_futures=True)
         with self._out, contextlib.suppress(OSError):
             self._send_events()
             if self.reason and not self._said_bye:  # ending on its own (SIGTERM): the

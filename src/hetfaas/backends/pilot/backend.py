@@ -649,10 +649,19 @@ class SlurmPilotBackend(Backend):
 
     def _failed_start(self, b: Block, state: str) -> None:
         time.sleep(0.05)  # its joining may be under way in another thread
+        tail = _tail(self.folder / f"block-{b.id}.log")
+        # scancel'led from outside before it joined (Slurm writes that to the job's log): not
+        # a block that cannot start, so it does not count towards giving up
+        cancelled = "CANCELLED AT" in tail
         with self._lock:
             if b.state != PENDING:
                 return
             b.state = GONE
+            if cancelled:
+                _log.warning("pilot: block %d (job %s) was cancelled before it joined; "
+                             "another is launched if calls wait", b.id, b.job_id)  # fmt: skip
+                self._wake.set()
+                return
             self._failures += 1
             self._launch_after = time.monotonic() + min(30.0, 0.25 * 2.0**self._failures)
             give_up = self._failures >= FAILED_LAUNCHES and not any(
@@ -662,7 +671,6 @@ class SlurmPilotBackend(Backend):
                 queued = list(self._queue)
                 self._queue.clear()
                 self._failures = 0
-        tail = _tail(self.folder / f"block-{b.id}.log")
         if "cannot join" in tail and self.address.startswith(("127.", "localhost", "::1")):
             tail += ("\n(the submitter listens on a loopback address, which blocks on other "
                      "nodes cannot reach: give listen_host)")  # fmt: skip
