@@ -42,5 +42,6 @@ def test_submodules_are_reached_from_the_package():
     import hetfaas
 
     assert hetfaas.monitor.Sampler and hetfaas.submitit.AutoExecutor and hetfaas.metrics
+    assert hetfaas.client.Client and hetfaas.gateway.create_app
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         hetfaas.nope  # noqa: B018

@@ -86,7 +86,8 @@ __all__ = [
     "shared_tensor",
 ]
 
-_SUBMODULES = ("metrics", "monitor", "submitit")  # imported when first used: hetfaas.monitor...
+# imported when first used: hetfaas.monitor, ...
+_SUBMODULES = ("client", "gateway", "metrics", "monitor", "submitit")
 
 
 def __getattr__(name: str) -> object:

@@ -1,7 +1,8 @@
 """``hetfaas``: the command line.
 
 ``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit|elastic|pilot``,
-``hetfaas monitor [--interval S] [--out DIR] -- CMD``, ``hetfaas rendezvous``, ``hetfaas info``."""
+``hetfaas monitor [--interval S] [--out DIR] -- CMD``, ``hetfaas serve``, ``hetfaas token``,
+``hetfaas rendezvous``, ``hetfaas info``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ _BENCHES = {
     "submitit": ("hetfaas.bench.submitit_surface", "Submitit vs hetfaas.submitit, same code"),
     "elastic": ("hetfaas.bench.elastic", "an autoscaled pool vs a fixed one on a bursty trace"),
     "pilot": ("hetfaas.bench.pilot", "warm pilot blocks on Slurm vs a Slurm job per call"),
+    "gateway": ("hetfaas.bench.gateway", "HTTP gateway invoke vs the local call and bare FastAPI"),
 }
 
 
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     monitor = sub.add_parser("monitor", help="run a command bare metal under the sampler")
     importlib.import_module("hetfaas.monitor").add_arguments(monitor)
     monitor.set_defaults(module="hetfaas.monitor")
+    serve = sub.add_parser("serve", help="the HTTP gateway: deploy and invoke functions over HTTP")
+    importlib.import_module("hetfaas.gateway.cli").add_arguments(serve)
+    serve.set_defaults(module="hetfaas.gateway.cli")
+    token = sub.add_parser("token", help="create, list and revoke the gateway's API tokens")
+    importlib.import_module("hetfaas.gateway.cli").add_token_arguments(token)
+    token.set_defaults(module="hetfaas.gateway.cli")
     info = sub.add_parser("info", help="describe this machine and the local pool")
     info.set_defaults(module=None)
     return parser

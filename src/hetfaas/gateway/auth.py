@@ -1,0 +1,236 @@
+"""Who may call the gateway, how often and with how much: tokens, rates, body sizes.
+
+:class:`Guard` is an ASGI middleware in front of every route but the public ones (health,
+and the OpenAPI schema and docs unless turned off). In order, before the route reads a byte
+of the body:
+
+1. ``Authorization: Bearer <token>``: missing, unknown or revoked -> 401. A token verified
+   once (one PBKDF2, in a thread, at most two at a time so that bad tokens cannot take the
+   server's threads) is cached by its SHA-256; the cache checks the store for a revocation
+   at most every ``recheck_s`` (1 s), so ``hetfaas token revoke`` takes effect within it.
+2. The token's rate (its own, else the gateway's): a token bucket of one second's worth of
+   requests; past it -> 429 with ``Retry-After``.
+3. The body: JSON only (another ``Content-Type`` -> 415: the gateway never unpickles); a
+   ``Content-Length`` over the token's limit (its own, else the gateway's) ->
+   413 naming the limit; a body without a length is read up to the limit and refused past it.
+
+The verified :class:`~hetfaas.gateway.store.Principal` is put in the request's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+from .store import Principal, Store
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PUBLIC_DOCS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+class TokenCache:
+    """Verified tokens by the SHA-256 of the token (never the token itself)."""
+
+    def __init__(self, store: Store, recheck_s: float = 1.0, size: int = 10_000) -> None:
+        self.store = store
+        self.recheck_s = recheck_s
+        self.size = size
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._used: dict[str, float] = {}
+        self._limiter = anyio.CapacityLimiter(2)
+
+    async def principal(self, token: str) -> Principal | None:
+        key = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None:
+            principal, checked = hit
+            if now - checked < self.recheck_s:
+                return principal
+            if self.store.token_revoked(principal.token_id):
+                self._cache.pop(key, None)
+                return None
+            self._cache[key] = (principal, now)
+            self._touch(principal, now)
+            return principal
+        found = await anyio.to_thread.run_sync(
+            self.store.verify_token, token, limiter=self._limiter
+        )
+        if found is not None:
+            self._cache[key] = (found, now)
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+            self._touch(found, now)
+        return found
+
+    def _touch(self, principal: Principal, now: float) -> None:
+        if now - self._used.get(principal.token_id, -1e9) >= 60.0:
+            self._used[principal.token_id] = now
+            self.store.touch_token(principal.token_id)
+
+
+class RateLimiter:
+    """Token buckets, one per API token: ``rate`` requests/s with a burst of one second's
+    worth (at least one request)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, rate: float, now: float | None = None) -> float:
+        """Take one request; 0.0 when allowed, else the seconds until one would be."""
+        now = time.monotonic() if now is None else now
+        burst = max(1.0, rate)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = [burst, now]
+            level = min(burst, bucket[0] + (now - bucket[1]) * rate)
+            bucket[1] = now
+            if level >= 1.0:
+                bucket[0] = level - 1.0
+                return 0.0
+            bucket[0] = level
+            return (1.0 - level) / rate
+
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:g} MB" if n >= 1e6 else f"{n} bytes"
+
+
+class Guard:
+    """The ASGI middleware of the module's doc."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tokens: TokenCache,
+        limiter: RateLimiter,
+        rate_per_s: float | None,
+        max_body_bytes: int,
+        public: tuple[str, ...] = ("/healthz",),
+    ) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.limiter = limiter
+        self.rate_per_s = rate_per_s
+        self.max_body_bytes = max_body_bytes
+        self.public = frozenset(public)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public:
+            await self.app(scope, receive, send)
+            return
+        auth = length = ctype = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v
+            elif k == b"content-length":
+                length = v
+            elif k == b"content-type":
+                ctype = v
+        if auth is None or auth[:7].lower() != b"bearer ":
+            await send_json(send, 401, {
+                "error": "unauthorized",
+                "detail": "missing token: send 'Authorization: Bearer <token>' "
+                          "(make one with 'hetfaas token create NAMESPACE')",
+            }, {"WWW-Authenticate": "Bearer"})  # fmt: skip
+            return
+        principal = await self.tokens.principal(auth[7:].strip().decode("latin-1"))
+        if principal is None:
+            await send_json(send, 401, {
+                "error": "unauthorized", "detail": "invalid or revoked token",
+            }, {"WWW-Authenticate": 'Bearer error="invalid_token"'})  # fmt: skip
+            return
+        rate = principal.rate_per_s or self.rate_per_s
+        if rate:
+            wait = self.limiter.take(principal.token_id, rate)
+            if wait > 0:
+                after = max(1, math.ceil(wait))
+                await send_json(send, 429, {
+                    "error": "rate_limited", "limit_per_s": rate, "retry_after_s": round(wait, 3),
+                    "detail": f"rate limited: this token may make {rate:g} requests/s; "
+                              f"retry after {wait:.3f} s",
+                }, {"Retry-After": str(after)})  # fmt: skip
+                return
+        if ctype is not None and scope["method"] in ("POST", "PUT", "PATCH"):
+            media = ctype.split(b";")[0].strip().lower()
+            if media != b"application/json" and not media.endswith(b"+json"):
+                await send_json(send, 415, {
+                    "error": "unsupported_media_type",
+                    "detail": "bodies are JSON (application/json), got "
+                              f"{media.decode('latin-1')!r}",
+                })  # fmt: skip
+                return
+        limit = principal.max_body_bytes or self.max_body_bytes
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                size = -1
+            if size > limit:
+                await self._too_large(send, limit, size)
+                return
+        elif scope["method"] in ("POST", "PUT", "PATCH"):
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    await self._too_large(send, limit, None)
+                    return
+            receive = _replay(bytes(body), receive)
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _too_large(self, send: Send, limit: int, size: int | None) -> None:
+        got = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        await send_json(send, 413, {
+            "error": "body_too_large", "limit_bytes": limit,
+            "detail": f"request body too large: {got}; this token's limit is {limit} bytes "
+                      f"({_mb(limit)})",
+        })  # fmt: skip
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """The body read already, then the connection's own messages (its disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
+
+
+__all__ = ["PUBLIC_DOCS", "Guard", "RateLimiter", "TokenCache"]
