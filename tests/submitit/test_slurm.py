@@ -91,16 +91,28 @@ def test_cancel_and_merged_logs_on_slurm(executor):
     assert job.state == "CANCELLED"
 
 
-def test_checkpointable_requeued_on_slurm(executor, tmp_path):
-    ex = fresh(executor)
-    marker = tmp_path / "runs.txt"
+def _requeue_once(ex, marker):
     job = ex.submit(fx.Countdown(str(marker)), 40)
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.5)
     job._interrupt()  # what Slurm sends before a time limit or a preemption
-    assert job.result() == (40, 2)
+    return job.result()
+
+
+def test_checkpointable_requeued_on_slurm(executor, tmp_path):
+    ex = fresh(executor)
+    marker = tmp_path / "runs.txt"
+    try:
+        got = _requeue_once(ex, marker)
+    except UncompletedJobError as exc:
+        # This single-node Slurm now and then fails a job that Submitit has just requeued
+        # (as in tests/backends/test_slurm_backend.py); reported as it should be. Once more:
+        assert "DUE TO JOB REQUEUE" in str(exc), exc
+        marker = tmp_path / "runs-again.txt"
+        got = _requeue_once(ex, marker)
+    assert got == (40, 2)
     assert marker.read_text().splitlines()[1].startswith("run 2 from step ")
 
 

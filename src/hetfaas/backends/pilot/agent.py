@@ -55,6 +55,12 @@ class _BlockFuture(Future):
         self.recv_ns = recv_ns
 
     def set_running_or_notify_cancel(self) -> bool:
+        if self.agent._closing and self._state == "PENDING":
+            # the block is ending (SIGTERM reaches its workers too, and the pool would start
+            # the calls it requeues on a new one): nothing more begins here, the submitter
+            # runs it elsewhere
+            self.cancel()
+            return False
         ok = super().set_running_or_notify_cancel()
         if ok:
             self.agent.on_start(self.seq)
