@@ -117,15 +117,25 @@ def create_app(
     public_docs: bool = True,
     grace_s: float = 10.0,
     purge_every_s: float | None = 3600.0,
+    metrics: bool = True,
 ) -> FastAPI:
     """The gateway's app over ``store`` and ``executor`` (neither is closed by the app).
 
     ``allowed_modules``: module prefixes functions may be deployed from (``"*"``: any;
     default none). ``max_body_bytes``/``rate_per_s``: limits of tokens that have none of
     their own (``None`` rate: unlimited). ``cors_origins``: off unless given.
-    ``public_docs``: serve the OpenAPI schema and docs without a token.
+    ``public_docs``: serve the OpenAPI schema and docs without a token. ``metrics``: serve
+    ``/metrics`` for Prometheus (with a token; see :mod:`.metrics`).
     """
-    engine = Engine(store, executor, max_inflight=max_inflight, allowed_modules=allowed_modules)
+    observer = None
+    if metrics:
+        from .metrics import GatewayMetrics
+
+        observer = GatewayMetrics(executor)
+    engine = Engine(store, executor, max_inflight=max_inflight, allowed_modules=allowed_modules,
+                    observer=observer)  # fmt: skip
+    if observer is not None:
+        observer.bind(engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -191,6 +201,13 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    if observer is not None:
+
+        @app.get("/metrics", tags=["health"], dependencies=deps)
+        async def metrics_text() -> Response:
+            text = await asyncio.to_thread(observer.text)
+            return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ---------------------------------------------------------------- functions
 

@@ -120,9 +120,11 @@ class Engine:
         max_inflight: int | None = None,
         allowed_modules: Iterable[str] = (),
         callback_timeout_s: float = 10.0,
+        observer: Any = None,
     ) -> None:
         self.store = store
         self.executor = executor
+        self.observer = observer  # told of each call handed over and each end (metrics)
         if max_inflight is None:
             try:
                 max_inflight = executor.capacity.max_workers
@@ -396,6 +398,8 @@ class Engine:
                 if policy is not None:  # a chunk of an idempotent function is retried too
                     chunk = Idempotent(chunk, policy)
                 fut = dep.view.submit(chunk, [(c.args or [], c.kwargs or {}) for c in unit])
+            if self.observer is not None:
+                self.observer.handed(fut)
         except Exception as exc:
             self._finish_later([(c, self._failure(c, exc)) for c in unit])
             return
@@ -561,6 +565,9 @@ class Engine:
 
     def _ended(self, row: dict[str, Any]) -> None:
         """An invocation's end is durable: tell whoever waits, and its callback URL."""
+        if self.observer is not None:
+            with contextlib.suppress(Exception):
+                self.observer.ended(row)
         with self._listeners_lock:
             listeners = self._listeners.pop(row["id"], [])
         for fn in listeners:
