@@ -71,6 +71,7 @@ from . import contract
 from .base import Backend, CallSpec, Capacity
 from .parsl_worker import ALARM_SUFFIX, GRACE_S, pack_call, run_call, touch
 from .remote import Payload, complete, fail
+from .slurm_cli import require_slurm, slurm_command
 from .slurm_info import SINFO_COMMAND, Node, parse_sinfo
 
 _MiB = 1 << 20
@@ -280,7 +281,7 @@ class ParslBackend(Backend):
             )  # fmt: skip
             address = address or "127.0.0.1"
         elif kind == "slurm":
-            _check_slurm()
+            require_slurm()
             self._node = _smallest_node(o["partition"])
             cores = o["cores_per_node"] or self._node.cpus
             gpus = o["gpus_per_node"]
@@ -756,27 +757,10 @@ def _shutdown_at_exit(ref: weakref.ref[ParslBackend]) -> None:
             backend.shutdown(wait=False, cancel_futures=True)
 
 
-def _run(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=15, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigurationError(f"{' '.join(cmd)} failed: {exc}") from exc
-
-
-def _check_slurm() -> None:
-    if shutil.which("sbatch") is None:
-        raise ConfigurationError(
-            "Slurm is not installed here (no sbatch on PATH); start one with scripts/slurm-up"
-        )
-    _run(["sinfo", "-h"])
-
-
 def _smallest_node(partition: str | None) -> Node:
     """The usable node of ``partition`` (or of any) with the fewest cores: a block that fits
     it fits any of them."""
-    nodes = parse_sinfo(_run(list(SINFO_COMMAND)))
+    nodes = parse_sinfo(slurm_command(list(SINFO_COMMAND)))
     if partition is not None:
         nodes = [n for n in nodes if partition in n.partitions]
     live = [n for n in nodes if n.usable] or nodes

@@ -26,7 +26,6 @@ import pickle
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +48,7 @@ from . import errors
 from .base import Backend, CallSpec, Capacity
 from .contract import attach, start
 from .remote import Payload, Reply, complete, fail
+from .slurm_cli import require_slurm, slurm_command
 from .slurm_info import SINFO_COMMAND, ClusterInfo, cluster_capacity, parse_sinfo, summarize
 from .slurm_job import Requeueable, cancel_marker, run_call, run_packed
 
@@ -559,7 +559,7 @@ class SlurmBackend(SubmititBackend):
         release_requeued: bool = True,
         **parameters: Any,
     ) -> None:
-        _check_slurm()
+        require_slurm()
         self._release = release_requeued
         self._python = parameters.pop("slurm_python", None)  # Submitit's, at construction
         self._max_num_timeout = parameters.pop("slurm_max_num_timeout", None)  # that too
@@ -606,16 +606,16 @@ class SlurmBackend(SubmititBackend):
             return
         ids = ",".join(str(p.job.job_id) for p in pending)
         with contextlib.suppress(ConfigurationError):
-            for line in _run(["squeue", "-h", "-o", "%i %T %r", "-j", ids]).splitlines():
+            for line in slurm_command(["squeue", "-h", "-o", "%i %T %r", "-j", ids]).splitlines():
                 job_id, state, reason = [*line.split(), "", "", ""][:3]
                 if state == "PENDING" and reason == "BeginTime":
-                    _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+                    slurm_command(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
 
     def _requeued(self, p: _Pending) -> bool:
         """A requeued job is in ``squeue`` again (pending, requeued, running) while Slurm's
         accounting may still report its previous run as ended (FAILED) for seconds."""
         try:
-            out = _run(["squeue", "-h", "-o", "%T", "-j", str(p.job.job_id)])
+            out = slurm_command(["squeue", "-h", "-o", "%T", "-j", str(p.job.job_id)])
         except ConfigurationError:
             return False
         return any(s in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
@@ -623,11 +623,11 @@ class SlurmBackend(SubmititBackend):
 
     def cluster(self) -> ClusterInfo:
         """Every node ``sinfo`` lists, the usable ones summed, and the most one node has."""
-        return summarize(parse_sinfo(_run(list(SINFO_COMMAND))))
+        return summarize(parse_sinfo(slurm_command(list(SINFO_COMMAND))))
 
     def capacity(self) -> Capacity:
         """Cores, GPUs (GRES ``gpu`` of any type) and memory summed over the usable nodes."""
-        return cluster_capacity(_run(list(SINFO_COMMAND)))
+        return cluster_capacity(slurm_command(list(SINFO_COMMAND)))
 
 
 _REFRESH_S = 2.0
@@ -640,23 +640,3 @@ def _children(pid: int) -> list[int]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             found += [int(c) for c in f.read().split()]
     return found
-
-
-def _run(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=15, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigurationError(f"{' '.join(cmd)} failed: {exc}") from exc
-
-
-def _check_slurm() -> None:
-    if shutil.which("sbatch") is None:
-        raise ConfigurationError(
-            "Slurm is not installed here (no sbatch on PATH); start one with scripts/slurm-up"
-        )
-    try:
-        _run(["sinfo", "-h"])
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"Slurm is not reachable: {exc}") from None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 import hetfaas
 
 from ...exceptions import ConfigurationError, EngineError
+from ..slurm_cli import require_slurm
 from .strategy import Pilot
 
 # squeue states of a job that is on its way or running (anything else, or absent: ended)
@@ -87,10 +87,7 @@ class SlurmLauncher(Launcher):
         sbatch_options: Sequence[str] | dict[str, object] | None = None,
         job_name: str = "hetfaas-pilot",
     ) -> None:
-        if shutil.which("sbatch") is None:
-            raise ConfigurationError(
-                "Slurm is not installed here (no sbatch on PATH); start one with scripts/slurm-up"
-            )
+        require_slurm(reachable=False)
         self.partition = partition
         self.job_name = job_name
         if isinstance(sbatch_options, dict):
