@@ -221,15 +221,7 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
     """Settle ``fut`` from ``reply``, with timings: the engine's part (submitting, pending,
     launching a process) is the queue phase."""
     done = time.time_ns()
-    exc: BaseException | None = None
-    value = None
-    try:
-        if reply.ok:
-            value = pickle.loads(reply.data)
-        else:
-            exc = errors.decode(reply.data, fut.invocation_id)
-    except Exception as e:  # a result this process cannot unpickle (a missing module, ...)
-        exc = e
+    value, exc = outcome(reply, fut.invocation_id)
     t0 = payload.submitted_ns
     total = done - t0
     compute = reply.end_ns - reply.start_ns
@@ -242,17 +234,37 @@ def complete(fut: Future, payload: Payload, reply: Reply, backend: str) -> None:
     queue = total - cold - t_in - compute - t_out  # the engine: submit, pending, launch
     if queue < 0:  # the process start time's coarse clock: take it from the cold start
         cold, queue = max(0, cold + queue), 0
-    gpus = tuple(int(g) for g in reply.gpus.split(",") if g.strip().isdigit())
+    gpus = reply_gpus(reply)
     stamps = Stamps(
         queue, cold, t_in, compute, t_out, total, t0, reply.start_ns, reply.end_ns, done,
         -1, reply.pid, reply.cpus, gpus, backend,
     )  # fmt: skip
-    usage = None
-    if reply.cpu_ns >= 0:
-        usage = CallUsage(compute / 1e9, reply.cpu_ns / 1e9, payload.cpus,
-                          reply.maxrss_kb / 1024, payload.memory_mb, len(gpus),
-                          reply.gpu_util, reply.gpu_mem_mb)  # fmt: skip
-    settle(fut, value, error=exc, timings=stamps, usage=usage)
+    settle(fut, value, error=exc, timings=stamps, usage=usage_of_reply(reply, payload))
+
+
+def outcome(reply: Reply, invocation_id: str) -> tuple[Any, BaseException | None]:
+    """The call's value, or its exception (also one this process cannot unpickle the result
+    with: a missing module, ...), from ``reply``."""
+    try:
+        if reply.ok:
+            return pickle.loads(reply.data), None
+        return None, errors.decode(reply.data, invocation_id)
+    except Exception as exc:
+        return None, exc
+
+
+def reply_gpus(reply: Reply) -> tuple[int, ...]:
+    """The devices the engine's process saw (its CUDA_VISIBLE_DEVICES, as ints)."""
+    return tuple(int(g) for g in reply.gpus.split(",") if g.strip().isdigit())
+
+
+def usage_of_reply(reply: Reply, payload: Payload) -> CallUsage | None:
+    """What the call used, as run_payload measured it (None: not measured)."""
+    if reply.cpu_ns < 0:
+        return None
+    return CallUsage((reply.end_ns - reply.start_ns) / 1e9, reply.cpu_ns / 1e9, payload.cpus,
+                     reply.maxrss_kb / 1024, payload.memory_mb, len(reply_gpus(reply)),
+                     reply.gpu_util, reply.gpu_mem_mb)  # fmt: skip
 
 
 def fail(fut: Future, payload: Payload, exc: BaseException, backend: str) -> None:

@@ -4,16 +4,14 @@ call's future with its timings."""
 from __future__ import annotations
 
 import math
-import pickle
 import threading
 import time
 from typing import Any
 
 from ..._future import Future
-from ..._invocation import CallUsage, Stamps
-from .. import errors
+from ..._invocation import Stamps
 from ..contract import complete as settle
-from ..remote import Payload, Reply
+from ..remote import Payload, Reply, outcome, reply_gpus, usage_of_reply
 from . import wire
 from .strategy import DRAINING, PENDING, RUNNING, BlockView, Pilot
 
@@ -89,15 +87,7 @@ def settle_reply(
     and the block pool's)."""
     fut = call.future
     done = time.time_ns()
-    exc: BaseException | None = None
-    value = None
-    try:
-        if reply.ok:
-            value = pickle.loads(reply.data)
-        else:
-            exc = errors.decode(reply.data, fut.invocation_id)
-    except Exception as e:  # a result this process cannot unpickle
-        exc = e
+    value, exc = outcome(reply, fut.invocation_id)
     p = call.payload
     t0 = p.submitted_ns
     total = done - t0
@@ -115,16 +105,10 @@ def settle_reply(
         cut = min(t_in, short)
         t_in, short = t_in - cut, short - cut
         t_out, queue = max(0, t_out - short), 0
-    gpus = tuple(int(g) for g in reply.gpus.split(",") if g.strip().isdigit())
     stamps = Stamps(queue, cold, t_in, compute, t_out, queue + cold + t_in + compute + t_out,
-                    t0, reply.start_ns, reply.end_ns, done, -1, reply.pid, reply.cpus, gpus,
-                    backend)  # fmt: skip
-    usage = None
-    if reply.cpu_ns >= 0:
-        usage = CallUsage(compute / 1e9, reply.cpu_ns / 1e9, p.cpus, reply.maxrss_kb / 1024,
-                          p.memory_mb, len(gpus), reply.gpu_util,
-                          reply.gpu_mem_mb)  # fmt: skip
-    settle(fut, value, error=exc, timings=stamps, usage=usage)
+                    t0, reply.start_ns, reply.end_ns, done, -1, reply.pid, reply.cpus,
+                    reply_gpus(reply), backend)  # fmt: skip
+    settle(fut, value, error=exc, timings=stamps, usage=usage_of_reply(reply, p))
 
 
 __all__ = ["GONE", "Block", "Call", "settle_reply"]
