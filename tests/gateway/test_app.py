@@ -286,12 +286,17 @@ def test_request_bytes_are_never_unpickled(gateway, tmp_path):
             return (os.mkdir, (str(marker),))
 
     payload = pickle.dumps({"args": [Evil()]})
-    for ctype, status in [("application/octet-stream", 415), ("application/python-pickle", 415),
+    for ctype, status in [("application/octet-stream", 422), ("application/python-pickle", 415),
                           ("application/json", 422), (None, 422)]:  # fmt: skip
         headers = {"Content-Type": ctype} if ctype else {}
         resp = t.http.post("/v1/functions/noop/invoke", content=payload, headers=headers)
         assert resp.status_code == status, (ctype, resp.text)
         assert resp.json()["error"] in ("bad_input", "unsupported_media_type")
+    # an octet-stream body with a dtype and shape is an array of those bytes, nothing more
+    headers = {"Content-Type": "application/octet-stream", "X-Dtype": "uint8",
+               "X-Shape": str(len(payload))}  # fmt: skip
+    resp = t.http.post("/v1/functions/noop/invoke", content=payload, headers=headers)
+    assert resp.json()["result"] == list(payload)
     assert not marker.exists()
 
 

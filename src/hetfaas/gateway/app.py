@@ -22,7 +22,9 @@ Routes (all under ``/v1`` need ``Authorization: Bearer <token>``; see
   being stopped, 409 once it ended;
 - ``GET /healthz``: no token.
 
-Bodies are JSON: the gateway never unpickles request bytes. An invocation another namespace
+Bodies are JSON, or on ``invoke`` and ``async`` one array or tensor file streamed to disk and
+passed by reference (see :mod:`hetfaas.gateway.binary`): the gateway never unpickles request
+bytes. An invocation another namespace
 owns is a 404, as one that does not exist. Errors are JSON: ``{"error": code, "detail": ...}``
 (422 validation errors are FastAPI's own ``detail`` list).
 """
@@ -43,12 +45,14 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import binary
 from .auth import PUBLIC_DOCS, Guard, RateLimiter, TokenCache
 from .engine import Engine, encode, to_api
 from .errors import BadInput, Conflict, GatewayError, NotFound, StoreError
 from .store import FINAL, STATES, Store, new_invocation_id, parse_time
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000  # Globus Compute's submission cap
+DEFAULT_MAX_BINARY_BYTES = 1 << 30  # an array body (streamed to disk, not held in memory)
 DEFAULT_WAIT_S = 60.0  # OpenWhisk's blocking bound
 MAX_BATCH = 10_000
 
@@ -109,6 +113,7 @@ def create_app(
     *,
     allowed_modules: tuple[str, ...] | list[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_binary_bytes: int = DEFAULT_MAX_BINARY_BYTES,
     rate_per_s: float | None = None,
     default_wait_s: float = DEFAULT_WAIT_S,
     max_wait_s: float = 300.0,
@@ -122,8 +127,9 @@ def create_app(
     """The gateway's app over ``store`` and ``executor`` (neither is closed by the app).
 
     ``allowed_modules``: module prefixes functions may be deployed from (``"*"``: any;
-    default none). ``max_body_bytes``/``rate_per_s``: limits of tokens that have none of
-    their own (``None`` rate: unlimited). ``cors_origins``: off unless given.
+    default none). ``max_body_bytes`` (JSON), ``max_binary_bytes`` (an array body) and
+    ``rate_per_s``: limits of tokens that have none of their own (``None`` rate: unlimited).
+    ``cors_origins``: off unless given.
     ``public_docs``: serve the OpenAPI schema and docs without a token. ``metrics``: serve
     ``/metrics`` for Prometheus (with a token; see :mod:`.metrics`).
     """
@@ -158,6 +164,7 @@ def create_app(
         limiter=RateLimiter(),
         rate_per_s=rate_per_s,
         max_body_bytes=max_body_bytes,
+        max_binary_bytes=max_binary_bytes,
         public=public,
     )
     if cors_origins:
@@ -239,6 +246,7 @@ def create_app(
         wait: float,
         callback_url: str | None = None,
         batch: str | None = None,
+        files: list[str] | None = None,
     ) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
         loop = asyncio.get_running_loop()
         futs: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -246,10 +254,15 @@ def create_app(
         def on_end(row: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(_settle, futs, row)
 
-        ids, states_fut = engine.accept(
-            ns(request), name, inputs,
-            callback_url=callback_url, batch=batch, on_end=on_end if wait > 0 else None,
-        )  # fmt: skip
+        try:
+            ids, states_fut = engine.accept(
+                ns(request), name, inputs, callback_url=callback_url, batch=batch,
+                on_end=on_end if wait > 0 else None, files=files,
+            )  # fmt: skip
+        except BaseException:
+            if files:
+                binary.remove(files)
+            raise
         for i in ids:
             futs[i] = loop.create_future()
         try:
@@ -283,14 +296,23 @@ def create_app(
         tags=["invoke"],
         dependencies=deps,
         responses={202: {"model": Accepted, "description": "still running after `wait`"}},
-        openapi_extra={"parameters": [wait_param], **_body_schema(InvokeIn)},
-    )
+        openapi_extra={"parameters": [wait_param, *_BINARY_HEADERS],
+                       **_body_schema(InvokeIn)},
+    )  # fmt: skip
     async def invoke(name: str, request: Request) -> Response:
         """Run the function and wait up to `wait` seconds: 200 with the record and its
-        `result` (the record's `state` says whether the call failed), else 202 with the id."""
-        body = _invoke_body(await request.body(), with_callback=False)
+        `result` (the record's `state` says whether the call failed), else 202 with the id.
+        The body is JSON, or one array (raw with `X-Dtype`/`X-Shape`, .npy, safetensors)."""
         wait = _wait_param(request.query_params.get("wait"), default_wait_s, max_wait_s)
-        ids, states, done = await accept_and_wait(request, name, [body[:2]], wait)
+        kind = binary.media_kind(request.headers.get("content-type"))
+        if kind is not None:
+            args, kwargs, files = await read_binary(request, name, kind)
+            ids, states, done = await accept_and_wait(
+                request, name, [(args, kwargs)], wait, files=files
+            )
+        else:
+            body = _invoke_body(await request.body(), with_callback=False)
+            ids, states, done = await accept_and_wait(request, name, [body[:2]], wait)
         if ids[0] in done:
             return Response(record_bytes(done[ids[0]]), media_type="application/json")
         return _json(accepted(ids, states), 202, {"Location": f"/v1/invocations/{ids[0]}"})
@@ -301,13 +323,32 @@ def create_app(
         status_code=202,
         dependencies=deps,
         response_model=Accepted,
-        openapi_extra=_body_schema(AsyncIn),
-    )
+        openapi_extra={"parameters": [*_BINARY_HEADERS, _CALLBACK_HEADER],
+                       **_body_schema(AsyncIn)},
+    )  # fmt: skip
     async def invoke_async(name: str, request: Request) -> Response:
-        """Accept the call and answer at once with its id; `callback_url` gets its record."""
-        args, kwargs, callback_url = _invoke_body(await request.body(), with_callback=True)
-        ids, states, _ = await accept_and_wait(request, name, [(args, kwargs)], 0, callback_url)
+        """Accept the call and answer at once with its id; `callback_url` (with a binary
+        body: the `X-Hetfaas-Callback` header) gets its record."""
+        kind = binary.media_kind(request.headers.get("content-type"))
+        files = None
+        if kind is not None:
+            callback_url = request.headers.get("x-hetfaas-callback")
+            if callback_url is not None and not callback_url.startswith(("http://", "https://")):
+                raise BadInput(f"X-Hetfaas-Callback must be an http(s) URL, got {callback_url!r}")
+            args, kwargs, files = await read_binary(request, name, kind)
+        else:
+            args, kwargs, callback_url = _invoke_body(await request.body(), with_callback=True)
+        ids, states, _ = await accept_and_wait(
+            request, name, [(args, kwargs)], 0, callback_url, files=files
+        )
         return _json(accepted(ids, states), 202, {"Location": f"/v1/invocations/{ids[0]}"})
+
+    async def read_binary(
+        request: Request, name: str, kind: str
+    ) -> tuple[list[Any], dict[str, Any], list[str]]:
+        engine.function(ns(request), name)  # a 404 before a byte of the body is written
+        length = int(request.headers["content-length"])  # the guard made sure it is there
+        return await binary.receive(request.stream(), kind, request.headers, length, store)
 
     @app.post("/v1/functions/{name}/batch", tags=["invoke"], dependencies=deps)
     async def invoke_batch(
@@ -452,8 +493,27 @@ def create_app(
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema}}}}  # fmt: skip
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if model in (InvokeIn, AsyncIn):
+        raw = {"schema": {"type": "string", "format": "binary"}}
+        content.update({media: raw for media in binary.MEDIA})
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "description": description,
+            "schema": {"type": "string"}}  # fmt: skip
+
+
+_BINARY_HEADERS = [
+    _header("X-Dtype", "an application/octet-stream body's numpy dtype (float32)"),
+    _header("X-Shape", "an application/octet-stream body's shape (1000,1000)"),
+    _header("X-Hetfaas-Array", "numpy (default) or torch: what the function receives"),
+    _header("X-Hetfaas-Param", "pass the array as this keyword, not the first argument"),
+    _header("X-Hetfaas-Args", "a binary body's other positional arguments (a JSON list)"),
+    _header("X-Hetfaas-Kwargs", "a binary body's keyword arguments (a JSON object)"),
+]
+_CALLBACK_HEADER = _header("X-Hetfaas-Callback", "a binary async invoke's callback URL")
 
 
 def _invoke_body(raw: bytes, with_callback: bool) -> tuple[Any, Any, str | None]:
@@ -500,4 +560,4 @@ def _ids_json(ids: list[str]) -> str:
     return json.dumps(ids)
 
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_WAIT_S", "create_app"]
+__all__ = ["DEFAULT_MAX_BINARY_BYTES", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_WAIT_S", "create_app"]

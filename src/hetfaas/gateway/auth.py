@@ -10,9 +10,11 @@ of the body:
    at most every ``recheck_s`` (1 s), so ``hetfaas token revoke`` takes effect within it.
 2. The token's rate (its own, else the gateway's): a token bucket of one second's worth of
    requests; past it -> 429 with ``Retry-After``.
-3. The body: JSON only (another ``Content-Type`` -> 415: the gateway never unpickles); a
-   ``Content-Length`` over the token's limit (its own, else the gateway's) ->
-   413 naming the limit; a body without a length is read up to the limit and refused past it.
+3. The body: JSON (another ``Content-Type`` -> 415: the gateway never unpickles), or on the
+   invoke routes a binary array (:mod:`hetfaas.gateway.binary`: it needs a ``Content-Length``,
+   else 411); a ``Content-Length`` over the token's limit (its own, else the gateway's:
+   ``max_body_bytes`` for JSON, ``max_binary_bytes`` for binary) -> 413 naming the limit; a
+   JSON body without a length is read up to the limit and refused past it.
 
 The verified :class:`~hetfaas.gateway.store.Principal` is put in the request's state.
 """
@@ -30,7 +32,10 @@ from typing import Any
 
 import anyio
 
+from .binary import BINARY_MEDIA
 from .store import Principal, Store
+
+_BINARY_ROUTES = (b"/invoke", b"/async")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,6 +44,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_DOCS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+# the dashboard's shell and static files hold no data (it comes from /v1/dashboard/...)
+PUBLIC_DASHBOARD = (
+    "/dashboard", "/dashboard/static/dashboard.js", "/dashboard/static/dashboard.css",
+)  # fmt: skip
 
 
 class TokenCache:
@@ -132,6 +141,7 @@ class Guard:
         limiter: RateLimiter,
         rate_per_s: float | None,
         max_body_bytes: int,
+        max_binary_bytes: int | None = None,
         public: tuple[str, ...] = ("/healthz",),
     ) -> None:
         self.app = app
@@ -139,7 +149,8 @@ class Guard:
         self.limiter = limiter
         self.rate_per_s = rate_per_s
         self.max_body_bytes = max_body_bytes
-        self.public = frozenset(public)
+        self.max_binary_bytes = max_body_bytes if max_binary_bytes is None else max_binary_bytes
+        self.public = frozenset(public) | frozenset(PUBLIC_DASHBOARD)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public:
@@ -177,16 +188,27 @@ class Guard:
                               f"retry after {wait:.3f} s",
                 }, {"Retry-After": str(after)})  # fmt: skip
                 return
+        binary = False
         if ctype is not None and scope["method"] in ("POST", "PUT", "PATCH"):
             media = ctype.split(b";")[0].strip().lower()
-            if media != b"application/json" and not media.endswith(b"+json"):
+            binary = media in BINARY_MEDIA and scope["path"].encode().endswith(_BINARY_ROUTES)
+            if not binary and media != b"application/json" and not media.endswith(b"+json"):
                 await send_json(send, 415, {
                     "error": "unsupported_media_type",
-                    "detail": "bodies are JSON (application/json), got "
-                              f"{media.decode('latin-1')!r}",
+                    "detail": "bodies are JSON (application/json), or on the invoke routes an "
+                              "array (application/octet-stream, application/x-npy, "
+                              f"application/x-safetensors); got {media.decode('latin-1')!r}",
                 })  # fmt: skip
                 return
-        limit = principal.max_body_bytes or self.max_body_bytes
+            if binary and length is None:
+                await send_json(send, 411, {
+                    "error": "length_required",
+                    "detail": "a binary body needs a Content-Length",
+                })  # fmt: skip
+                return
+        limit = principal.max_body_bytes or (
+            self.max_binary_bytes if binary else self.max_body_bytes
+        )
         if length is not None:
             try:
                 size = int(length)
@@ -233,4 +255,4 @@ def _replay(body: bytes, then: Receive) -> Receive:
     return receive
 
 
-__all__ = ["PUBLIC_DOCS", "Guard", "RateLimiter", "TokenCache"]
+__all__ = ["PUBLIC_DASHBOARD", "PUBLIC_DOCS", "Guard", "RateLimiter", "TokenCache"]

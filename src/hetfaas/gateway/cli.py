@@ -86,7 +86,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=5_000_000,
         dest="max_body_bytes",
         metavar="MB",
-        help="largest request body of a token without its own (5)",
+        help="largest JSON request body of a token without its own (5)",
+    )
+    p.add_argument(
+        "--max-binary-mb",
+        type=_mb,
+        default=1 << 30,
+        dest="max_binary_bytes",
+        metavar="MB",
+        help="largest array body (streamed to the store's disk) of a token without its own "
+        "limit (1073.74: 1 GiB)",
     )
     p.add_argument(
         "--rate",
@@ -207,6 +216,7 @@ def run_serve(args: argparse.Namespace) -> int:
             executor,
             allowed_modules=tuple(args.allow_module),
             max_body_bytes=args.max_body_bytes,
+            max_binary_bytes=args.max_binary_bytes,
             rate_per_s=args.rate,
             max_wait_s=args.max_wait,
             max_inflight=args.max_inflight,

@@ -42,6 +42,7 @@ from ..backends import errors as remote_errors
 from ..exceptions import CallCancelled, HetfaasError, RemoteError, RemoteTraceback
 from ..retry import DEFAULT as DEFAULT_RETRY
 from ..retry import Idempotent, policy_of
+from . import binary
 from .errors import RESTART_REASON, BadInput, Conflict, GatewayError, NotFound
 from .records import (
     Star,
@@ -76,7 +77,7 @@ class Deployed:
 class _Call:
     __slots__ = (
         "args", "attempts", "batch", "callback_url", "cancel_requested", "dispatched_at",
-        "function", "future", "id", "input", "kwargs", "namespace", "state",
+        "files", "function", "future", "id", "input", "kwargs", "namespace", "state",
         "submitted_at", "unit",
     )  # fmt: skip
 
@@ -91,6 +92,7 @@ class _Call:
         self.kwargs: dict[str, Any] | None = None
         self.callback_url: str | None = None
         self.batch: str | None = None
+        self.files: list[str] | None = None  # a binary call's input files (see .binary)
         self.future: Any = None
         self.cancel_requested = False
         self.unit: _Left | None = None  # shared by the calls of one chunk
@@ -191,6 +193,9 @@ class Engine:
                 n = self.store.purge()
                 if n:
                     _log.info("hetfaas gateway: purged %d invocations past the retention", n)
+                n = binary.sweep(self.store)
+                if n:
+                    _log.info("hetfaas gateway: removed %d input files of ended calls", n)
             except Exception:
                 _log.exception("hetfaas gateway: purge failed")
             self._stop_event.wait(every_s)
@@ -261,10 +266,12 @@ class Engine:
         callback_url: str | None = None,
         batch: str | None = None,
         on_end: Callable[[dict[str, Any]], None] | None = None,
+        files: list[str] | None = None,
     ) -> tuple[list[str], cf.Future[list[str]]]:
         """Accept calls of ``name``: their ids now, and a future of their states once the
         store holds them (the moment a request may say "accepted"). ``on_end``: as
-        :meth:`listen` for each call, registered before the call can end."""
+        :meth:`listen` for each call, registered before the call can end. ``files``: the
+        input files of one binary call (:mod:`.binary`), removed when it ends."""
         self.function(namespace, name)
         if self._stopping:
             raise GatewayError("the gateway is shutting down")
@@ -274,8 +281,8 @@ class Engine:
         for args, kwargs in inputs:
             call = _Call(new_invocation_id(), namespace, name, now)
             call.args, call.kwargs = args, kwargs
-            call.input = to_json({"args": args, "kwargs": kwargs})
-            call.callback_url, call.batch = callback_url, batch_id
+            call.input = binary.input_json(args, kwargs, to_json)
+            call.callback_url, call.batch, call.files = callback_url, batch_id, files
             calls.append(call)
             if on_end is not None:
                 self.listen(call.id, on_end)
@@ -339,7 +346,7 @@ class Engine:
                     continue
                 row = conn.execute(self._RUN_SQL + " RETURNING input", (now, c.attempts, c.id))
                 data = json.loads(row.fetchone()[0])  # a call read back after a restart
-                c.args, c.kwargs = data.get("args", []), data.get("kwargs", {})
+                c.args, c.kwargs, c.files = binary.input_from(data, self.store)
             if len(unit) > 1:
                 left = _Left(len(unit))
                 for c in unit:
@@ -554,6 +561,8 @@ class Engine:
                     "submitted_at": call.submitted_at, "dispatched_at": call.dispatched_at,
                     "callback_url": call.callback_url, "batch": call.batch, **out,
                 })  # fmt: skip
+            if call.files:
+                rows[-1]["_files"] = call.files
         conn.executemany(self._END_SQL, params)
         return rows, self._fill(conn)
 
@@ -561,6 +570,8 @@ class Engine:
         rows, started = value
         self._after_fill(started)
         for row in rows:
+            if "_files" in row:  # the end is durable: a binary input is not needed again
+                binary.remove(row.pop("_files"))
             self._ended(row)
 
     def _ended(self, row: dict[str, Any]) -> None:

@@ -44,14 +44,22 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = 
 
 
 def echo_app() -> FastAPI:
-    """A bare FastAPI app whose ``POST /echo`` answers the JSON body it got: the framework's
-    floor, beside the gateway in ``hetfaas bench gateway``."""
+    """A bare FastAPI app whose ``POST /echo`` answers the JSON body it got, and whose
+    ``POST /drain`` reads a body of any size as it streams in and answers its length: the
+    framework's floors, beside the gateway in ``hetfaas bench gateway``."""
     app = FastAPI()
 
     @app.post("/echo")
     async def echo(request: Request) -> Response:
         body = json.loads(await request.body())
         return Response(json.dumps(body), media_type="application/json")
+
+    @app.post("/drain")
+    async def drain(request: Request) -> Response:
+        n = 0
+        async for chunk in request.stream():
+            n += len(chunk)
+        return Response(json.dumps(n), media_type="application/json")
 
     return app
 
