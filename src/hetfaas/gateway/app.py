@@ -123,6 +123,7 @@ def create_app(
     grace_s: float = 10.0,
     purge_every_s: float | None = 3600.0,
     metrics: bool = True,
+    dashboard: bool = True,
 ) -> FastAPI:
     """The gateway's app over ``store`` and ``executor`` (neither is closed by the app).
 
@@ -488,6 +489,10 @@ def create_app(
             return Response(record_bytes(fut.result()), media_type="application/json")
         return _json({"id": invocation_id, "state": "RUNNING", "cancel": "requested"}, 202)
 
+    if dashboard:  # GET /dashboard and /v1/dashboard/... (see .dashboard)
+        from .dashboard import mount_dashboard
+
+        mount_dashboard(app, engine=engine, store=store, executor=executor, deps=deps)
     return app
 
 
