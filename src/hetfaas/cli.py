@@ -23,6 +23,7 @@ _BENCHES = {
     "elastic": ("hetfaas.bench.elastic", "an autoscaled pool vs a fixed one on a bursty trace"),
     "pilot": ("hetfaas.bench.pilot", "warm pilot blocks on Slurm vs a Slurm job per call"),
     "gateway": ("hetfaas.bench.gateway", "HTTP gateway invoke vs the local call and bare FastAPI"),
+    "multitask": ("hetfaas.bench.multitask", "per-task weights: cold load vs cached vs naive"),
 }
 
 

@@ -9,7 +9,9 @@ with the policies, is ``runtime.Runtime``; both load models the same way (``load
 Weights are read from a store named by URI scheme: ``file:///abs/path.pt`` (or a plain path)
 and ``s3://bucket/key`` (boto3, imported only then; endpoint and keys from the usual AWS
 variables, or ``?endpoint=...&access_key_id=...&secret_access_key=...`` for an S3-compatible
-server). Unknown schemes fail with the list of known ones.
+server) and ``redis://host:port/db/key`` (redis-py, imported only then; the key is the rest of
+the path, so ``redis://127.0.0.1:6379/0/weights/a.pt`` is key ``weights/a.pt`` of database 0).
+Unknown schemes fail with the list of known ones.
 """
 
 from __future__ import annotations
@@ -88,10 +90,52 @@ def _write_s3(uri: str, data: bytes) -> None:
     client.put_object(Bucket=bucket, Key=key, Body=data)
 
 
+# one client (and its connection pool) per server and database, per process
+_REDIS_CLIENTS: dict[str, Any] = {}
+_REDIS_LOCK = threading.Lock()
+
+
+def _redis(uri: str) -> tuple[Any, str]:
+    """A redis-py client and the key for ``redis://[user:password@]host:port/db/key``."""
+    try:
+        import redis
+    except ImportError as exc:
+        raise ConfigurationError(
+            "redis:// weights need redis-py: pip install 'hetfaas[collectives]'"
+        ) from exc
+    parsed = urlparse(uri)
+    db, _, key = parsed.path.lstrip("/").partition("/")
+    if not parsed.hostname or not db.isdigit() or not key:
+        raise ConfigurationError(
+            f"a redis:// weight URI names a server, a database number and a key "
+            f"(redis://host:port/0/key), not host {parsed.hostname!r} path {parsed.path!r}"
+        )
+    base = f"redis://{parsed.netloc}/{db}"
+    with _REDIS_LOCK:
+        client = _REDIS_CLIENTS.get(base)
+        if client is None:
+            client = _REDIS_CLIENTS[base] = redis.Redis.from_url(base)
+    return client, key
+
+
+def _read_redis(uri: str) -> bytes:
+    client, key = _redis(uri)
+    data = client.get(key)
+    if data is None:
+        raise FileNotFoundError(f"no key {key!r} in the redis:// store")
+    return bytes(data)
+
+
+def _write_redis(uri: str, data: bytes) -> None:
+    client, key = _redis(uri)
+    client.set(key, data)
+
+
 STORES: dict[str, tuple[Callable[[str], bytes], Callable[[str, bytes], None]]] = {
     "file": (_read_file, _write_file),
     "": (_read_file, _write_file),
     "s3": (_read_s3, _write_s3),
+    "redis": (_read_redis, _write_redis),
 }
 
 
