@@ -1,4 +1,7 @@
-"""The store without HTTP: WAL, tokens hashed, group commit, filters, retention, one gateway."""
+"""The store without HTTP: WAL, tokens hashed, group commit, filters, retention, one gateway.
+
+The store's contract runs on both backends: SQLite, and PostgreSQL on a real server the tests
+start (:mod:`tests.gateway.pg`; skipped where none is installed)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,42 @@ import pytest
 from hetfaas.exceptions import HetfaasError
 from hetfaas.gateway.errors import BadInput, StoreError
 from hetfaas.gateway.store import Store, iso, parse_time, split_token
+from tests.gateway.pg import pg_server  # noqa: F401  (the session's PostgreSQL server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_store(request, tmp_path):
+    """Stores of one backend, on one database (closed after the test)."""
+    made = []
+    dsn = request.getfixturevalue("pg_server").database() if request.param != "sqlite" else None
+
+    def make(**kw):
+        if dsn is None:
+            s = Store(tmp_path / "s.db", **kw)
+        else:
+            from hetfaas.gateway.store_pg import PgStore
+
+            s = PgStore(dsn, results_dir=tmp_path / "results", **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "s.db", retention_days=14)
-    yield s
-    s.close()
+def store(make_store):
+    return make_store(retention_days=14)
+
+
+def _other_connection(store):
+    """A connection of another client of the store's database (not the store's own)."""
+    if store.dialect == "sqlite":
+        return sqlite3.connect(store.path)
+    import psycopg
+
+    return psycopg.connect(store.dsn)
 
 
 def _insert(store, id, ns="a", fn="f", state="QUEUED", submitted=None, finished=None, **extra):
@@ -32,14 +64,31 @@ def _insert(store, id, ns="a", fn="f", state="QUEUED", submitted=None, finished=
     )
 
 
-def test_wal_mode_and_the_schema_survive_a_reopen(tmp_path):
-    with Store(tmp_path / "s.db") as s:
+def test_wal_mode_and_the_schema_survive_a_reopen(make_store):
+    with make_store() as s:
         _insert(s, "x1")
-    raw = sqlite3.connect(tmp_path / "s.db")
-    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    raw.close()
-    with Store(tmp_path / "s.db") as s:
+    if s.dialect == "sqlite":
+        raw = sqlite3.connect(s.path)
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        raw.close()
+    with make_store() as s:
         assert s.invocation("x1")["state"] == "QUEUED"
+        assert s.read("SELECT value FROM meta WHERE key = 'schema'")[0][0] == "2"
+
+
+def test_a_sqlite_store_of_schema_1_gains_the_owner_column(tmp_path):
+    raw = sqlite3.connect(tmp_path / "old.db")
+    raw.execute("CREATE TABLE invocations (id TEXT PRIMARY KEY, namespace TEXT NOT NULL,"
+                " function TEXT NOT NULL, state TEXT NOT NULL, submitted_at REAL NOT NULL,"
+                " finished_at REAL, input TEXT NOT NULL, result_path TEXT,"
+                " batch TEXT)")  # fmt: skip
+    raw.execute("INSERT INTO invocations VALUES ('old', 'a', 'f', 'QUEUED', 1, NULL, '{}',"
+                " NULL, NULL)")  # fmt: skip
+    raw.commit()
+    raw.close()
+    with Store(tmp_path / "old.db") as s:
+        assert s.read("SELECT id, owner FROM invocations")[0][:] == ("old", None)
+        assert s.owner_id is None and s.watch_peers() is False
 
 
 def test_tokens_are_stored_hashed_with_their_own_salt_and_verified(store):
@@ -129,8 +178,11 @@ def test_the_after_hook_runs_once_the_write_is_visible_to_other_connections(stor
         return "h"
 
     def after(value):
-        other = sqlite3.connect(store.path)
-        seen.append(other.execute("SELECT id FROM invocations WHERE id = ?", (value,)).fetchall())
+        other = _other_connection(store)
+        mark = "?" if store.dialect == "sqlite" else "%s"
+        seen.append(
+            other.execute(f"SELECT id FROM invocations WHERE id = {mark}", (value,)).fetchall()
+        )
         other.close()
 
     store.submit(op, after).result()

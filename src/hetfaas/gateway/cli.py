@@ -1,10 +1,15 @@
 """``hetfaas serve`` and ``hetfaas token``: the gateway and its API tokens.
 
-``hetfaas serve [--host 127.0.0.1] [--port 8000] [--backend local] [--store PATH]
+``hetfaas serve [--host 127.0.0.1] [--port 8000] [--backend local] [--store PATH|DSN]
 [--max-body-mb 5] [--rate R/s] [--allow-module PREFIX]...``
 
+``--store postgresql://USER@HOST/DB`` (or ``postgres://``) serves a PostgreSQL store, which
+several gateways may share (:mod:`.store_pg`; ``pip install 'hetfaas[postgres]'``); it needs
+``--results-dir``, a folder every gateway of the store sees, and takes ``--gateway-id``
+(default ``HOST:PORT``) and ``--lease-s``.
+
 ``hetfaas token create NAMESPACE [--label L] [--rate R/s] [--max-body-mb M] | list |
-revoke ID  [--store PATH]``: ``create`` prints the token once, on stdout; only its salted hash
+revoke ID  [--store PATH|DSN]``: ``create`` prints the token once, on stdout; only its salted hash
 is stored.
 
 FastAPI and uvicorn (``pip install 'hetfaas[serve]'``) are imported only when serving.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,51 @@ def default_store() -> Path:
         return Path(env)
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
     return Path(state) / "hetfaas" / "gateway.db"
+
+
+def default_location() -> str:
+    """The store when ``--store`` is not given: :func:`default_store`, or the PostgreSQL
+    DSN that ``$HETFAAS_GATEWAY_STORE`` holds."""
+    from .store_pg import is_dsn
+
+    env = os.environ.get("HETFAAS_GATEWAY_STORE", "")
+    return env if is_dsn(env) else str(default_store())
+
+
+def open_store(args: argparse.Namespace, *, serving: bool = False) -> Any:
+    """The store that ``--store`` names: a :class:`~.store_pg.PgStore` for a
+    ``postgresql://`` DSN, else a SQLite :class:`~.store.Store` (not locked for a gateway)."""
+    from .store_pg import is_dsn
+
+    location = args.store or default_location()
+    results_dir = getattr(args, "results_dir", None)
+    if is_dsn(location):
+        from .store_pg import PgStore
+
+        if serving and not results_dir:
+            raise ConfigurationError(
+                "--results-dir is needed with a PostgreSQL store: the folder of large results "
+                "and binary inputs, which every gateway of the store must see"
+            )
+        if not serving:
+            return PgStore(location, results_dir=results_dir)
+        return PgStore(
+            location,
+            results_dir=results_dir,
+            retention_days=args.retention_days,
+            gateway_id=args.gateway_id or f"{socket.gethostname()}:{args.port}",
+            lease_s=args.lease_s,
+        )
+    from .store import Store
+
+    if not serving:
+        return Store(location)
+    return Store(
+        location,
+        retention_days=args.retention_days,
+        synchronous=args.sync,
+        results_dir=results_dir,
+    )
 
 
 def parse_rate(text: str) -> float:
@@ -58,10 +109,10 @@ def _mb(text: str) -> int:
 def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
-        type=Path,
         default=None,
-        metavar="PATH",
-        help=f"the SQLite store (default {default_store()})",
+        metavar="PATH|DSN",
+        help="the SQLite store, or a PostgreSQL one (postgresql://...) several gateways may "
+        f"share (default {default_store()}, or $HETFAAS_GATEWAY_STORE)",
     )
 
 
@@ -80,6 +131,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="an option of the backend (VALUE as JSON, else a string); repeat",
     )
     _store_arg(p)
+    p.add_argument(
+        "--results-dir",
+        default=None,
+        metavar="DIR",
+        help="large results and binary inputs (default: beside a SQLite store; needed with "
+        "a PostgreSQL one: a folder every gateway of the store sees)",
+    )
+    p.add_argument(
+        "--gateway-id",
+        default=None,
+        metavar="ID",
+        help="this gateway's id in a PostgreSQL store (default HOST:PORT; restarted with the "
+        "same id, it takes back its calls at once)",
+    )
+    p.add_argument(
+        "--lease-s",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="a PostgreSQL store's gateway lease: a gateway silent this long is dead, and a "
+        "peer takes over its calls (15)",
+    )
     p.add_argument(
         "--max-body-mb",
         type=_mb,
@@ -201,11 +274,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from .._executor import Executor
     from .app import create_app
     from .server import serve
-    from .store import Store
 
-    path = args.store or default_store()
-    store = Store(path, retention_days=args.retention_days, synchronous=args.sync)
-    store.lock_for_gateway()
+    store = open_store(args, serving=True)
+    path = getattr(store, "location", None) or store.path
+    try:
+        store.lock_for_gateway()
+    except BaseException:
+        store.close()
+        raise
     options = _backend_options(args.backend_option)
     if args.backend == "local":
         options.setdefault("capture_output", True)  # each call's stdout/stderr in its record
@@ -244,9 +320,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_token(args: argparse.Namespace) -> int:
-    from .store import Store, iso
+    from .store import iso
 
-    with Store(args.store or default_store()) as store:
+    with open_store(args) as store:
         if args.token_command == "create":
             info, token = store.create_token(
                 args.namespace,
@@ -311,4 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["add_arguments", "add_token_arguments", "default_store", "main", "parse_rate", "run"]
+__all__ = [
+    "add_arguments",
+    "add_token_arguments",
+    "default_location",
+    "default_store",
+    "main",
+    "open_store",
+    "parse_rate",
+    "run",
+]

@@ -155,11 +155,29 @@ class Engine:
 
     def start(self, purge_every_s: float | None = PURGE_EVERY_S) -> dict[str, int]:
         """Load the deployed functions, take back what the store holds unfinished (see the
-        module), and purge past the retention now and every ``purge_every_s``."""
+        module), and purge past the retention now and every ``purge_every_s``. On a store
+        several gateways share (PostgreSQL), keep this gateway's lease too: at each heartbeat
+        load what peers deployed, and take over the calls of peers whose lease expired."""
         for rec in self.store.functions():
             self._registry[(rec.namespace, rec.name)] = self._load(rec)
         out = self.store.submit(self._recover_op, after=self._after_recover).result()
         self.recovered = {k: v for k, v in out.items() if not k.startswith("_")}
+
+        def refresh() -> None:  # in the lease's thread: functions deployed through a peer
+            for rec in self.store.functions():
+                dep = self._registry.get((rec.namespace, rec.name))
+                if dep is None or dep.record.updated_at < rec.updated_at:
+                    self._registry[(rec.namespace, rec.name)] = self._load(rec)
+
+        def take_over() -> None:  # a dead peer's unfinished calls: this gateway's now
+            if not self._stopping:
+                refresh()
+                self.store.submit(self._recover_op, after=self._after_recover)
+
+        def lost() -> None:  # this lease expired, a peer may run these calls: hand none over
+            self._stopping = True
+
+        self.store.watch_peers(on_tick=refresh, on_orphans=take_over, on_lost=lost)
         if purge_every_s:
             self._purger = threading.Thread(
                 target=self._purge_loop, args=(purge_every_s,), name="hetfaas-purge", daemon=True
@@ -185,7 +203,8 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        return sum(1 for c in self._pending if c.state == "QUEUED")
+        pending = self._pending.copy()  # one C call, atomic under the GIL: the store's
+        return sum(1 for c in pending if c.state == "QUEUED")  # writer changes the deque
 
     def _purge_loop(self, every_s: float) -> None:
         while not self._stop_event.is_set():
@@ -290,9 +309,10 @@ class Engine:
         def op(conn: Any) -> tuple[list[str], list[list[_Call]]]:
             conn.executemany(  # first: if it fails, nothing in memory changed
                 "INSERT INTO invocations (id, namespace, function, state, submitted_at,"
-                " attempts, input, callback_url, batch) VALUES (?, ?, ?, 'QUEUED', ?, 0, ?, ?, ?)",
+                " attempts, input, callback_url, batch, owner)"
+                " VALUES (?, ?, ?, 'QUEUED', ?, 0, ?, ?, ?, ?)",
                 [(c.id, c.namespace, c.function, c.submitted_at, c.input, c.callback_url,
-                  c.batch) for c in calls],
+                  c.batch, self.store.owner_id) for c in calls],
             )  # fmt: skip
             for call in calls:
                 call.input = None  # kept in the store; args/kwargs stay until handed over
@@ -679,15 +699,15 @@ class Engine:
     # ------------------------------------------------------------------ restart
 
     def _recover_op(self, conn: Any) -> dict[str, Any]:
-        rows = conn.execute(
-            "SELECT id, namespace, function, state, submitted_at, attempts, callback_url, batch"
-            " FROM invocations WHERE state IN ('QUEUED', 'RUNNING')"
-            " ORDER BY submitted_at, id"
-        ).fetchall()
+        """Take back the unfinished calls the store gives this gateway (a store one gateway
+        serves: all of them; a shared one: those of dead gateways, see ``take_orphans``)."""
+        rows = self.store.take_orphans(conn)
         counts = {"queued": 0, "retried": 0, "failed": 0}
         ended: list[dict[str, Any]] = []
         now = time.time()
         for r in rows:
+            if r["id"] in self._calls:
+                continue  # this gateway holds it already
             call = _Call(r["id"], r["namespace"], r["function"], r["submitted_at"])
             call.attempts = r["attempts"]
             call.callback_url, call.batch = r["callback_url"], r["batch"]
@@ -716,6 +736,12 @@ class Engine:
         return {**counts, "_started": self._fill(conn), "_ended": ended}
 
     def _after_recover(self, value: dict[str, Any]) -> None:
+        if value["queued"] or value["retried"] or value["failed"]:
+            _log.info(
+                "hetfaas gateway: took back %d queued calls, %d running ones to retry, and "
+                "failed %d running ones (not idempotent)",
+                value["queued"], value["retried"], value["failed"],
+            )  # fmt: skip
         self._after_fill(value["_started"])
         for row in value["_ended"]:
             self._ended(row)
