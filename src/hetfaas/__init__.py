@@ -36,6 +36,7 @@ from .exceptions import (
     UnknownModel,
     WorkerDied,
 )
+from .pipeline.graph import Pipeline
 from .retry import Retry, idempotent
 from .shm import share, shared_array, shared_tensor
 
@@ -65,6 +66,7 @@ __all__ = [
     "ModelTooLarge",
     "PayloadTooLarge",
     "PeerTimeout",
+    "Pipeline",
     "RemoteError",
     "RemoteTraceback",
     "ResourceError",
@@ -78,6 +80,7 @@ __all__ = [
     "UnknownModel",
     "WorkerDied",
     "__version__",
+    "advise",
     "bare_metal",
     "idempotent",
     "register_backend",
@@ -91,6 +94,10 @@ _SUBMODULES = ("client", "gateway", "metrics", "monitor", "submitit")
 
 
 def __getattr__(name: str) -> object:
+    if name == "advise":  # the device advisor (hetfaas.advisor), imported when first used
+        from .advisor import advise
+
+        return advise
     if name in _SUBMODULES:
         import importlib
 

@@ -2,7 +2,7 @@
 
 ``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit|elastic|pilot``,
 ``hetfaas monitor [--interval S] [--out DIR] -- CMD``, ``hetfaas serve``, ``hetfaas token``,
-``hetfaas rendezvous``, ``hetfaas info``."""
+``hetfaas rendezvous``, ``hetfaas advise pkg.mod:fn --args-shape ...``, ``hetfaas info``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     monitor = sub.add_parser("monitor", help="run a command bare metal under the sampler")
     importlib.import_module("hetfaas.monitor").add_arguments(monitor)
     monitor.set_defaults(module="hetfaas.monitor")
+    advise = sub.add_parser("advise", help="where should a function run? 1 CPU, N CPUs or a GPU")
+    importlib.import_module("hetfaas.advisor").add_arguments(advise)
+    advise.set_defaults(module="hetfaas.advisor")
     serve = sub.add_parser("serve", help="the HTTP gateway: deploy and invoke functions over HTTP")
     importlib.import_module("hetfaas.gateway.cli").add_arguments(serve)
     serve.set_defaults(module="hetfaas.gateway.cli")
