@@ -21,6 +21,7 @@ _BENCHES = {
     "chaos": ("hetfaas.bench.chaos", "calls while workers are killed at random: none lost"),
     "submitit": ("hetfaas.bench.submitit_surface", "Submitit vs hetfaas.submitit, same code"),
     "elastic": ("hetfaas.bench.elastic", "an autoscaled pool vs a fixed one on a bursty trace"),
+    "elastic-train": ("hetfaas.bench.elastic_train", "data-parallel SGD: one killed, one added"),
     "pilot": ("hetfaas.bench.pilot", "warm pilot blocks on Slurm vs a Slurm job per call"),
     "gateway": ("hetfaas.bench.gateway", "HTTP gateway invoke vs the local call and bare FastAPI"),
     "multitask": ("hetfaas.bench.multitask", "per-task weights: cold load vs cached vs naive"),

@@ -25,12 +25,22 @@ class GroupSpec:
     directory under the system's temporary directory, seen by every process of one machine;
     use a shared path, Redis, S3 or a rendezvous server across machines) and the deadline of
     each operation. Each map gets a group of its own, named ``<name>-<random suffix>``, so a
-    name can be used again and a crashed map's leftovers are never read."""
+    name can be used again and a crashed map's leftovers are never read.
+
+    ``min_size`` or ``max_size`` make the group elastic (:mod:`.elastic`): it starts with the
+    members that arrive (at least ``min_size``), goes on when one dies and takes in joiners
+    up to ``max_size``; its channel is one ``tcp://`` or ``redis://`` URI."""
 
     name: str = "map"
     channel: str | tuple[str, ...] | None = None  # several URIs: ``hint`` picks per operation
     timeout_s: float = 60.0
     hint: str | None = None  # "fast" or "cheap", with several channels (the cost model's)
+    min_size: int | None = None  # elastic: the fewest members it runs with
+    max_size: int | None = None  # elastic: the most (None: no cap)
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_size is not None or self.max_size is not None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -46,6 +56,11 @@ class GroupSpec:
             )
         if self.hint not in (None, "fast", "cheap"):
             raise ConfigurationError(f"GroupSpec.hint must be 'fast' or 'cheap', got {self.hint!r}")
+        if self.elastic:
+            from .membership import MembershipPolicy
+
+            min_size = 1 if self.min_size is None else self.min_size
+            MembershipPolicy(min_size, self.max_size)  # checks the sizes
 
 
 def as_spec(group: str | GroupSpec) -> GroupSpec:
@@ -104,9 +119,17 @@ class GroupCall:
         self.size = size
         self.pass_comm = _takes_comm(fn)
         self.__qualname__ = getattr(fn, "__qualname__", "GroupCall")
+        self.elastic: Callable[..., Any] | None = None
+        if spec.elastic:
+            from .elastic_group import ElasticCall
+
+            self.elastic = ElasticCall.for_map(fn, spec, self.name, size)
 
     def __call__(self, rank: int, *args: Any) -> Any:
         from .comm import Communicator, _current
+
+        if self.elastic is not None:  # ranks come from the group's generations, not the map
+            return self.elastic(*args)
 
         with Communicator(
             rank, self.size, self.name, self.channel, self.timeout_s, self.hint

@@ -5,7 +5,8 @@ Protocol: one JSON line per message. A rank sends ``{"group", "rank", "size", "h
 times out can name who never came), then ``{"peers": [[host, port], ...]}`` once all ``size``
 ranks are in, or ``{"error": "..."}`` for a mismatched size or a rank taken twice. A complete
 group is forgotten, so its name can be used again; a rank whose connection drops before the
-group completes is removed.
+group completes is removed. A connection whose first line is ``{"kv": group}`` reads and
+writes an elastic group's membership tables instead (:mod:`hetfaas.collectives.membership_store`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         line = self.rfile.readline(65536)
+        if line.startswith(b'{"kv":'):  # an elastic group's membership tables
+            self.server.owner.stores.serve(line, self.rfile, self.request)
+            return
         try:
             hello = json.loads(line)
             group, rank, size = str(hello["group"]), int(hello["rank"]), int(hello["size"])
@@ -72,6 +76,9 @@ class RendezvousServer:
         self._lock = threading.Lock()
         self._groups: dict[str, _Group] = {}
         self._thread: threading.Thread | None = None
+        from ..membership_store import StoreService
+
+        self.stores = StoreService()  # elastic groups keep their membership here (tcp://)
 
     @property
     def address(self) -> tuple[str, int]:
