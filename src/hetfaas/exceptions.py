@@ -21,7 +21,10 @@
     │   ├── GroupMismatch             peers disagree on group, size or operation
     │   ├── PayloadTooLarge           a message over the channel's limit
     │   ├── ChannelUnavailable        the channel's server (Redis, S3, rendezvous) is down
-    │   └── ChannelClosed             a peer's connection closed mid-operation
+    │   ├── ChannelClosed             a peer's connection closed mid-operation
+    │   ├── MembershipChanged         an elastic group re-formed: restore the last commit
+    │   ├── GroupTooSmall             fewer than an elastic group's min_size remained
+    │   └── GroupEnded                the elastic run ended before this member got in
     ├── ServingError                  an inference request that cannot be served
     │   ├── UnknownModel              a model name that is not registered
     │   ├── ModelTooLarge             a model larger than any device's memory
@@ -36,6 +39,7 @@ be pickled, with the remote traceback attached as ``__cause__`` (a :class:`Remot
 from __future__ import annotations
 
 import concurrent.futures
+from typing import Any
 
 
 def _rebuild(cls: type, args: tuple[object, ...], state: dict[str, object]) -> BaseException:
@@ -177,6 +181,24 @@ class ChannelClosed(CollectiveError, ConnectionError):
     """A peer's connection closed in the middle of an operation."""
 
 
+class MembershipChanged(CollectiveError):
+    """An elastic group re-formed after a member was lost, and this member's state is older or
+    newer than the commit the new group goes on from: call ``comm.restore()`` (``run`` does).
+    ``reformation``: the :class:`hetfaas.collectives.elastic.Reformation` it came from."""
+
+    def __init__(self, message: str, reformation: Any = None) -> None:
+        self.reformation = reformation
+        super().__init__(message)
+
+
+class GroupTooSmall(CollectiveError):
+    """Fewer than an elastic group's ``min_size`` members remained within ``form_timeout_s``."""
+
+
+class GroupEnded(CollectiveError):
+    """The elastic run ended while this member waited to be taken in."""
+
+
 class ServingError(HetfaasError):
     """An inference request that cannot be served."""
 
@@ -222,11 +244,14 @@ __all__ = [
     "DeviceFailed",
     "EngineError",
     "ExecutorShutdownError",
+    "GroupEnded",
     "GroupMismatch",
+    "GroupTooSmall",
     "HetfaasError",
     "JobCancelled",
     "JobFailed",
     "JobTimeout",
+    "MembershipChanged",
     "ModelLoadError",
     "ModelTooLarge",
     "PayloadTooLarge",

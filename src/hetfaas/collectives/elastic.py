@@ -53,7 +53,15 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..exceptions import ChannelClosed, CollectiveError, ConfigurationError, PeerTimeout
+from ..exceptions import (
+    ChannelClosed,
+    CollectiveError,
+    ConfigurationError,
+    GroupEnded,
+    GroupTooSmall,
+    MembershipChanged,
+    PeerTimeout,
+)
 from .channels.base import MediatedChannel, open_channel
 from .comm import Communicator
 from .membership import (
@@ -71,23 +79,6 @@ from .membership_store import META, MembershipStore, open_store, store_schemes
 from .ops import SUM, ReduceOp
 
 _LOST = (PeerTimeout, ChannelClosed)  # what a dead or departed peer looks like in a collective
-
-
-class MembershipChanged(CollectiveError):
-    """The group re-formed after a member was lost, and this member's state is older or newer
-    than the commit the new group goes on from: call ``comm.restore()`` (``run`` does)."""
-
-    def __init__(self, message: str, reformation: Reformation | None = None) -> None:
-        self.reformation = reformation
-        super().__init__(message)
-
-
-class GroupTooSmall(CollectiveError):
-    """Fewer than ``min_size`` members remained within ``form_timeout_s``."""
-
-
-class GroupEnded(CollectiveError):
-    """The run ended while this member waited to be taken in."""
 
 
 @dataclass(frozen=True)

@@ -280,10 +280,10 @@ class FileStore(ItemStore):
         return str(self._channel.dir)
 
     def put(self, key: str, segments: list[Any], total: int) -> None:
-        self._channel._put(key, segments, total, 0)
+        self._channel.put(key, segments, total, 0)
 
     def get(self, key: str) -> Any:
-        data = self._channel._try_get(key, 0)  # 0 readers declared: the read removes nothing
+        data = self._channel.try_get(key)  # 0 readers declared: the read removes nothing
         if data is None:
             raise ItemLost(f"item {key!r} is not in {self.dir}")
         return data
@@ -309,7 +309,7 @@ class RedisStore(ItemStore):
     def __init__(self, url: str) -> None:
         self.url = url
         self._channel = _connected(url)
-        self._client = self._channel._client
+        self._client = self._channel.client
         self.prefix = str(self._channel.prefix)
 
     @classmethod
@@ -322,7 +322,7 @@ class RedisStore(ItemStore):
         try:
             return fn(*args)
         except redis.RedisError as exc:
-            raise self._channel._unavailable(exc) from exc
+            raise self._channel.unavailable(exc) from exc
 
     def put(self, key: str, segments: list[Any], total: int) -> None:
         self._do(self._client.set, self.prefix + key, memoryview(payload.join(segments, total)))
@@ -360,23 +360,23 @@ class S3Store(ItemStore):
         return cls(url)
 
     def put(self, key: str, segments: list[Any], total: int) -> None:
-        self._channel._put(key, segments, total, 0)
+        self._channel.put(key, segments, total, 0)
 
     def get(self, key: str) -> Any:
-        data = self._channel._try_get(key, 0)  # 0 readers declared: nothing is deleted
+        data = self._channel.try_get(key)  # 0 readers declared: nothing is deleted
         if data is None:
             raise ItemLost(f"item {key!r} is not in {self._channel.address}")
         return data
 
     def delete(self, keys: list[str]) -> None:
         if keys:
-            self._channel._delete([self._channel.prefix + k for k in keys])
+            self._channel.delete_keys([self._channel.prefix + k for k in keys])
 
     def clear(self, namespace: str) -> None:
         ch = self._channel
-        keys = ch._list(ch.prefix + namespace)
+        keys = ch.list_keys(ch.prefix + namespace)
         if keys:
-            ch._delete(keys)
+            ch.delete_keys(keys)
 
 
 for _cls in (ShmStore, FileStore, RedisStore, S3Store):

@@ -101,6 +101,12 @@ class MediatedChannel(Channel):
             time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, self.poll_max_s)
 
+    def try_get(self, key: str, readers: int = 0) -> Any | None:
+        """The message under ``key``, or None when it is not there (one attempt). With
+        ``readers=0`` the read consumes nothing: how a store of items (the pipeline's data
+        plane) reads keys it removes itself."""
+        return self._try_get(key, readers)
+
     def timeout(self, what: str, waited_on: list[int]) -> PeerTimeout:
         """A PeerTimeout naming the absent ranks when some never joined, else ``waited_on``."""
         try:

@@ -54,6 +54,16 @@ class RedisChannel(MediatedChannel):
     def _unavailable(self, exc: BaseException) -> ChannelUnavailable:
         return ChannelUnavailable(f"Redis at {self.address} is not reachable: {exc}")
 
+    def unavailable(self, exc: BaseException) -> ChannelUnavailable:
+        """The error to raise for a Redis error of this server (for users of :attr:`client`)."""
+        return self._unavailable(exc)
+
+    @property
+    def client(self) -> Any:
+        """The connected redis-py client (after :meth:`connect`), for stores of other keys
+        beside the group's (under their own prefix; closing it is theirs)."""
+        return self._client
+
     def connect(self, group: str, rank: int, size: int, deadline: float) -> None:
         try:
             import redis

@@ -171,6 +171,14 @@ class S3Channel(MediatedChannel):
                 self._consumed = []
         return data
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """The keys of the bucket under ``prefix`` (full keys, the channel's prefix included)."""
+        return self._list(prefix)
+
+    def delete_keys(self, keys: list[str]) -> None:
+        """Remove these full keys (a thousand per request)."""
+        self._delete(keys)
+
     def _delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i : i + 1000]]
