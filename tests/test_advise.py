@@ -376,7 +376,7 @@ def test_cli_takes_example_arguments_from_a_function(capsys):
 
 def test_cli_usage_errors_exit_2(capsys):
     assert cli.main(["advise", "numpy:nope", "--args-shape", "4x4"]) == 2
-    assert "numpy has no 'nope'" in capsys.readouterr().err
+    assert "numpy has no attribute 'nope'" in capsys.readouterr().err
     numpy_args = ["--args-shape", "4x4", "--array", "numpy"]
     assert cli.main(["advise", "numpy:abs", *numpy_args, "--sizes", "0"]) == 2
     assert "rows >= 1" in capsys.readouterr().err

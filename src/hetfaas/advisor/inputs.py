@@ -9,12 +9,12 @@ imported only when an argument is one of theirs.
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._imports import import_callable
 from ..exceptions import ConfigurationError
 
 Splitter = Callable[[tuple[Any, ...], int], Sequence[tuple[Any, ...]]]
@@ -266,21 +266,7 @@ def same_result(value: Any, reference: Any) -> tuple[bool, float]:
 
 def resolve(spec: str) -> Callable[..., Any]:
     """``"pkg.mod:fn"`` (or ``"pkg.mod:Class.method"``) -> the callable it names."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigurationError(f"{spec!r}: expected pkg.module:function")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"{spec!r}: cannot import {module_name!r}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigurationError(f"{spec!r}: {module_name} has no {attr!r}") from None
-    if not callable(obj):
-        raise ConfigurationError(f"{spec!r} is a {type(obj).__name__}, not callable")
-    return obj
+    return import_callable(spec, ConfigurationError)[1]
 
 
 __all__ = [

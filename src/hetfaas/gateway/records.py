@@ -4,34 +4,20 @@ functions: the gateway's pure helpers (no state, no framework)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._imports import import_callable
 from ..exceptions import RemoteError
 from .errors import BadInput, Forbidden
 from .store import LOG_BYTES, iso
 
 
 def resolve_import(path: str) -> tuple[str, Callable[..., Any]]:
-    """``pkg.mod:fn`` (or ``pkg.mod:Class.attr``) -> (module name, the callable)."""
-    module_name, sep, attrs = path.partition(":")
-    if not sep or not module_name or not attrs:
-        raise BadInput(f"import path must be 'pkg.mod:function', got {path!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise BadInput(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    for attr in attrs.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError:
-            raise BadInput(f"{path!r}: {module_name} has no attribute {attrs!r}") from None
-    if not callable(obj):
-        raise BadInput(f"{path!r} is not callable (a {type(obj).__name__})")
-    return module_name, obj
+    """``pkg.mod:fn`` (or ``pkg.mod:Class.attr``) -> (module name, the callable); BadInput."""
+    return import_callable(path, BadInput)
 
 
 def module_allowed(module: str, allowed: Iterable[str]) -> bool:
