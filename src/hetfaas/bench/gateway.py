@@ -306,17 +306,25 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import gateway_soak
+
     parser.add_argument("--quick", action="store_true", help="fewer calls, shorter load")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per path")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--clients", type=int, default=32, action=gateway_soak.GivenAction,
+                        help="concurrent connections (32; --soak: 200)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per server")
     parser.add_argument("--backend", default="local", help="the gateway's backend (local)")
     parser.add_argument("--max-inflight", type=int, default=None, metavar="N",
                         help="the gateway's --max-inflight (default: max_workers)")  # fmt: skip
+    gateway_soak.add_arguments(parser)  # --soak and its options
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "soak", False):
+        from . import gateway_soak
+
+        return gateway_soak.run(args)
     calls, seconds = args.calls, args.seconds
     if args.quick:
         calls, seconds = max(50, calls // 10), min(seconds, 1.0)

@@ -29,7 +29,9 @@ class GatewayError(HetfaasError):
 
     def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         self.headers = dict(headers or {})
-        super().__init__(message)
+        # a message quoting a request's text may hold lone surrogates (JSON's "\ud800"):
+        # escaped, so that the error's JSON body can be encoded as UTF-8
+        super().__init__(str(message).encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 class Unauthorized(GatewayError):
