@@ -24,9 +24,9 @@ def test_metrics_count_invocations_phases_and_workers(gateway):
     assert resp.json()["state"] == "FAILED"  # int + str raises in the function
     assert httpx.get(gateway.url + "/metrics").status_code == 401
     text = t.http.get("/metrics").text
-    done = 'hetfaas_gateway_invocations_total{function="add",state="COMPLETED"}'
-    assert _value(text, done) >= 3
-    assert _value(text, 'hetfaas_gateway_invocations_total{function="add",state="FAILED"}') >= 1
+    series = f'hetfaas_gateway_invocations_total{{function="add",namespace="{t.namespace}",'
+    assert _value(text, series + 'state="COMPLETED"}') >= 3
+    assert _value(text, series + 'state="FAILED"}') >= 1
     assert _value(text, 'hetfaas_call_phase_seconds_count{backend="local",phase="compute"}') >= 4
     assert 'hetfaas_gateway_pending_invocations{where="queued"}' in text
     assert re.search(r'^hetfaas_workers\{backend="local",state="idle"\} [0-9.]+$', text, re.M)

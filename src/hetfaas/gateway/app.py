@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,7 +50,7 @@ from . import binary
 from .auth import PUBLIC_DOCS, Guard, RateLimiter, TokenCache
 from .engine import Engine, encode, to_api
 from .errors import BadInput, Conflict, GatewayError, NotFound, StoreError
-from .store import FINAL, STATES, Store, new_invocation_id, parse_time
+from .store import FINAL, STATES, Store, new_invocation_id
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000  # Globus Compute's submission cap
 DEFAULT_MAX_BINARY_BYTES = 1 << 30  # an array body (streamed to disk, not held in memory)
@@ -101,6 +102,28 @@ class Accepted(BaseModel):
     id: str
     state: str
     location: str
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(..., description="a code: unauthorized, bad_input, not_found, ...")
+    detail: Any = Field(..., description="what was wrong (a list for a body's validation)")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in [
+        (401, "no token, or an invalid or revoked one"),
+        (403, "not allowed (a module outside --allow-module)"),
+        (404, "no such function or invocation in this token's namespace"),
+        (409, "in conflict with the invocation's state"),
+        (411, "a binary body without a Content-Length"),
+        (413, "a body over this token's limit"),
+        (415, "a body that is neither JSON nor an array"),
+        (422, "a bad input: the detail says which"),
+        (429, "over this token's rate (see Retry-After)"),
+        (503, "the store is unavailable"),
+    ]
+}
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -155,6 +178,7 @@ def create_app(
         version="1",
         summary="Python functions as serverless calls, over HTTP",
         lifespan=lifespan,
+        responses=_ERRORS,
     )
     app.state.engine = engine
     bearer = HTTPBearer(auto_error=False, description="a token from `hetfaas token create`")
@@ -195,6 +219,12 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return _json({"error": code, "detail": exc.detail}, exc.status_code, exc.headers)
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def _not_unicode(request: Request, exc: UnicodeEncodeError) -> Response:
+        # text with a lone surrogate (JSON's "\ud800") that the store cannot encode as UTF-8
+        detail = "text in the request is not valid Unicode (a lone surrogate)"
+        return _json({"error": "bad_input", "detail": detail}, 422)
+
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:
         return _json({"error": "store_unavailable", "detail": str(exc)}, 503)
@@ -212,9 +242,11 @@ def create_app(
 
     if observer is not None:
 
-        @app.get("/metrics", tags=["health"], dependencies=deps)
-        async def metrics_text() -> Response:
-            text = await asyncio.to_thread(observer.text)
+        @app.get("/metrics", tags=["health"], dependencies=deps, response_class=PlainTextResponse)
+        async def metrics_text(request: Request) -> Response:
+            """Prometheus' text format: the executor's series (machine-wide) and this token's
+            namespace's invocations."""
+            text = await asyncio.to_thread(observer.text, ns(request))
             return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ---------------------------------------------------------------- functions
@@ -334,8 +366,7 @@ def create_app(
         files = None
         if kind is not None:
             callback_url = request.headers.get("x-hetfaas-callback")
-            if callback_url is not None and not callback_url.startswith(("http://", "https://")):
-                raise BadInput(f"X-Hetfaas-Callback must be an http(s) URL, got {callback_url!r}")
+            _check_callback(callback_url)
             args, kwargs, files = await read_binary(request, name, kind)
         else:
             args, kwargs, callback_url = _invoke_body(await request.body(), with_callback=True)
@@ -351,7 +382,10 @@ def create_app(
         length = int(request.headers["content-length"])  # the guard made sure it is there
         return await binary.receive(request.stream(), kind, request.headers, length, store)
 
-    @app.post("/v1/functions/{name}/batch", tags=["invoke"], dependencies=deps)
+    @app.post(
+        "/v1/functions/{name}/batch", tags=["invoke"], dependencies=deps,
+        responses={202: {"description": "accepted; some calls still run after `wait`"}},
+    )  # fmt: skip
     async def invoke_batch(
         name: str,
         request: Request,
@@ -361,6 +395,7 @@ def create_app(
         """Many calls in one request: 202 with their ids and the batch's id (a filter of the
         invocation list), or, when all ended within `wait`, 200 with their states, results
         and errors in input order (the full records: `GET /v1/invocations?batch=ID`)."""
+        _check_callback(body.callback_url)
         batch_id = new_invocation_id()
         ids, states, done = await accept_and_wait(
             request, name, [(i.args, i.kwargs) for i in body.inputs], wait, body.callback_url,
@@ -448,9 +483,11 @@ def create_app(
     def list_invocations(
         request: Request,
         function: str | None = None,
-        state: str | None = Query(None, description=" | ".join(STATES)),
-        since: str | None = Query(None, description="Unix seconds or ISO 8601"),
-        until: str | None = Query(None, description="Unix seconds or ISO 8601"),
+        state: str | None = Query(
+            None, description=" | ".join(STATES), pattern=f"(?i)^({'|'.join(STATES)})$"
+        ),
+        since: _Time = None,
+        until: _Time = None,
         batch: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
     ) -> dict[str, Any]:
@@ -459,7 +496,7 @@ def create_app(
             raise BadInput(f"state must be one of {', '.join(STATES)}, got {state!r}")
         rows = store.invocations(
             ns(request), function=function, state=state.upper() if state else None,
-            since=parse_time(since), until=parse_time(until), batch=batch, limit=limit,
+            since=_seconds(since), until=_seconds(until), batch=batch, limit=limit,
         )  # fmt: skip
         return {"invocations": [to_api(r) for r in rows], "count": len(rows)}
 
@@ -527,6 +564,8 @@ def _invoke_body(raw: bytes, with_callback: bool) -> tuple[Any, Any, str | None]
         body = json.loads(raw) if raw else {}
     except (ValueError, UnicodeDecodeError):
         raise BadInput("the body is not JSON (UTF-8)") from None
+    except RecursionError:
+        raise BadInput("the body's JSON nests too deep") from None
     if not isinstance(body, dict):
         raise BadInput('the body must be an object: {"args": [...], "kwargs": {...}}')
     allowed = ("args", "kwargs", "callback_url") if with_callback else ("args", "kwargs")
@@ -538,9 +577,25 @@ def _invoke_body(raw: bytes, with_callback: bool) -> tuple[Any, Any, str | None]
         raise BadInput(f"args must be a list, got {type(args).__name__}")
     if not isinstance(kwargs, dict):
         raise BadInput(f"kwargs must be an object, got {type(kwargs).__name__}")
-    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-        raise BadInput(f"callback_url must be an http(s) URL, got {url!r}")
+    _check_callback(url)
     return args, kwargs, url
+
+
+def _check_callback(url: Any) -> None:
+    if url is None:
+        return
+    if not (isinstance(url, str) and url.startswith(("http://", "https://")) and url.isascii()):
+        raise BadInput(f"callback_url must be an http(s) URL (ASCII), got {url!r}")
+
+
+_Time = Annotated[float | datetime.datetime | None, Query(description="Unix seconds or ISO 8601")]
+
+
+def _seconds(t: float | datetime.datetime | None) -> float | None:
+    """Unix seconds of a time filter (a naive time is UTC)."""
+    if isinstance(t, datetime.datetime):
+        return (t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    return t
 
 
 def _wait_param(raw: str | None, default: float, most: float) -> float:

@@ -4,8 +4,9 @@ On the registry of a :class:`hetfaas.metrics.Metrics` (calls by state, phase his
 cold starts among them -- CPU and peak RSS from ``future.usage``, and the executor's workers
 and calls queued and running, read at each scrape), the gateway adds:
 
-- ``hetfaas_gateway_invocations_total{function,state}``: invocations that ended (COMPLETED,
-  FAILED, CANCELLED), counted when their end is durable;
+- ``hetfaas_gateway_invocations_total{namespace,function,state}``: invocations that ended
+  (COMPLETED, FAILED, CANCELLED), counted when their end is durable; a token reads only its
+  own namespace's series (the names of other namespaces' functions are theirs);
 - ``hetfaas_gateway_pending_invocations{where}``: invocations accepted and waiting for the executor
   (``queued``) and handed to it (``inflight``), read from the engine at each scrape.
 
@@ -30,7 +31,7 @@ class GatewayMetrics:
 
         self.ended_total = pc.Counter(
             "hetfaas_gateway_invocations", "Invocations that ended, by function and state",
-            ["function", "state"], registry=self.metrics.registry,
+            ["namespace", "function", "state"], registry=self.metrics.registry,
         )  # fmt: skip
         self._engine: Any = None
         self.metrics.registry.register(_EngineCollector(self))
@@ -43,10 +44,22 @@ class GatewayMetrics:
         self.metrics.observe(future)
 
     def ended(self, row: dict[str, Any]) -> None:
-        self.ended_total.labels(str(row.get("function", "?")), str(row.get("state", "?"))).inc()
+        self.ended_total.labels(
+            str(row.get("namespace", "?")), str(row.get("function", "?")),
+            str(row.get("state", "?")),
+        ).inc()  # fmt: skip
 
-    def text(self) -> str:
-        return self.metrics.text()
+    def text(self, namespace: str | None = None) -> str:
+        """The exposition text; with ``namespace``, without other namespaces' series."""
+        text = self.metrics.text()
+        if namespace is None:
+            return text
+        mine = f'namespace="{namespace}"'
+        return "".join(
+            line for line in text.splitlines(keepends=True)
+            if not (line.startswith("hetfaas_gateway_invocations") and 'namespace="' in line
+                    and mine not in line)
+        )  # fmt: skip
 
 
 class _EngineCollector:
