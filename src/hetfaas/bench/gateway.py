@@ -318,6 +318,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inflight", type=int, default=None, metavar="N",
                         help="the gateway's --max-inflight (default: max_workers)")  # fmt: skip
     gateway_soak.add_arguments(parser)  # --soak and its options
+    parser.add_argument("--binary-mb", type=float, default=None, metavar="MB",
+                        help="instead: an array argument of MB megabytes through the gateway, "
+                        "beside one in-process copy and a bare route")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=5, help="--binary-mb: runs per path")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -325,6 +329,16 @@ def run(args: argparse.Namespace) -> int:
         from . import gateway_soak
 
         return gateway_soak.run(args)
+    if args.binary_mb is not None:
+        from . import gateway_binary
+
+        res = gateway_binary.run_binary_bench(args.binary_mb, args.repeats)
+        if args.json:
+            json.dump(res, sys.stdout, indent=1, default=str)
+            sys.stdout.write("\n")
+        else:
+            print(gateway_binary.format_table(res))
+        return 0
     calls, seconds = args.calls, args.seconds
     if args.quick:
         calls, seconds = max(50, calls // 10), min(seconds, 1.0)
