@@ -1,6 +1,7 @@
 """``hetfaas``: the command line.
 
-``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit|elastic|pilot``,
+``hetfaas bench bmm|overhead|collectives|kmeans|inference|chaos|submitit|elastic|pilot|gateway|``
+``elastic-train|multitask|ensemble``,
 ``hetfaas monitor [--interval S] [--out DIR] -- CMD``, ``hetfaas serve``, ``hetfaas token``,
 ``hetfaas rendezvous``, ``hetfaas advise pkg.mod:fn --args-shape ...``, ``hetfaas info``."""
 
@@ -25,6 +26,7 @@ _BENCHES = {
     "pilot": ("hetfaas.bench.pilot", "warm pilot blocks on Slurm vs a Slurm job per call"),
     "gateway": ("hetfaas.bench.gateway", "HTTP gateway invoke vs the local call and bare FastAPI"),
     "multitask": ("hetfaas.bench.multitask", "per-task weights: cold load vs cached vs naive"),
+    "ensemble": ("hetfaas.bench.ensemble", "ensemble training: shared vs private preprocessing"),
 }
 
 

@@ -188,13 +188,14 @@ def test_512_workers_on_a_fake_core_list(monkeypatch):
     try:
         assert ex.capacity.max_workers == 512
         ex.warmup(512)
-        futs = [ex.submit(fx.started_at, 2.0) for _ in range(512)]
+        futs = [ex.submit(fx.started_at, 5.0) for _ in range(512)]  # long enough to overlap
+        # all 512, even when handing them over takes seconds on a loaded machine
         out = [f.result(timeout=300) for f in futs]
         assert len({pid for pid, _ in out}) == 512  # all 512 at once, one per worker
         workers = {f.timings.worker for f in futs}
         assert workers == set(range(512))
         starts = sorted(t for _, t in out)
-        assert (starts[-1] - starts[0]) / 1e9 < 2.0  # they overlapped
+        assert (starts[-1] - starts[0]) / 1e9 < 5.0  # they overlapped
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
 

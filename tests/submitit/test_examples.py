@@ -50,4 +50,16 @@ def test_example_on_the_local_pool(script, tmp_path):
 def test_example_on_slurm(script, tmp_path, slurm_up):
     if script.stem == "torch_distributed":
         pytest.importorskip("torch")
-    run_example(script, "slurm", tmp_path)
+    if script.stem != "checkpointing":
+        run_example(script, "slurm", tmp_path)
+        return
+    try:
+        run_example(script, "slurm", tmp_path)
+    except AssertionError as exc:
+        # this single-node Slurm now and then marks FAILED a job Submitit has just requeued
+        # (accounting FAILED after "CANCELLED ... DUE TO JOB REQUEUE"); the backend reports
+        # JobFailed as it should. Once more, as the backend's own requeue test does.
+        if "DUE TO JOB REQUEUE" not in str(exc) or "state FAILED" not in str(exc):
+            raise
+        (tmp_path / "again").mkdir()
+        run_example(script, "slurm", tmp_path / "again")
