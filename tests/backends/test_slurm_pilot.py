@@ -115,6 +115,8 @@ def test_blocks_scale_out_by_queue_depth_and_in_when_idle(pilot):
     ex = pilot(max_blocks=2, idle_s=1.0, tick_s=0.2)
     futs = ex.map_futures(pf.nap, [3.0, 3.0])
     assert wait_for(lambda: len(ex.backend.blocks()) == 2, 5)  # one per queued call
+    # and both have their Slurm job id (sbatch's answer can lag the block on a loaded node)
+    assert wait_for(lambda: all(b["job_id"] for b in ex.backend.blocks()), 30)
     launched = {b["job_id"] for b in ex.backend.blocks()}
     a, b = (f.result(timeout=120) for f in futs)
     assert {a["job"], b["job"]} <= launched

@@ -59,7 +59,7 @@ MAX_BATCH = 10_000
 
 
 class ResourcesIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no bool for a number
     cpus: int = Field(1, ge=1)
     gpus: float = Field(0, ge=0)
     memory_mb: int | None = Field(None, gt=0)
@@ -67,7 +67,7 @@ class ResourcesIn(BaseModel):
 
 
 class DeployIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no bool for a number
     import_path: str = Field(..., examples=["mypkg.tasks:score"])
     name: str | None = Field(None, description="default: the function's own name")
     idempotent: bool = Field(False, description="safe to run again after a crash or restart")
@@ -75,7 +75,7 @@ class DeployIn(BaseModel):
 
 
 class InvokeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no bool for a number
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -87,13 +87,13 @@ class AsyncIn(InvokeIn):
 
 
 class BatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no bool for a number
     inputs: list[InvokeIn] = Field(..., min_length=1, max_length=MAX_BATCH)
     callback_url: str | None = Field(None, pattern=r"^https?://")
 
 
 class WaitIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no bool for a number
     ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH)
     timeout: float = Field(10.0, ge=0, le=300)
 
