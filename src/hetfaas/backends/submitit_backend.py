@@ -601,15 +601,23 @@ class SlurmBackend(SubmititBackend):
     def _release_requeued(self, pending: list[_Pending]) -> None:
         """Slurm holds a requeued batch job for about two minutes (pending, reason BeginTime)
         before it may start again; with ``release_requeued`` (the default) a requeued job of a
-        checkpointable call is made eligible at once."""
+        checkpointable call is made eligible 2 s from now. Not at once: slurmd refuses a job
+        whose credential is from the same second as its revoked one ("Job credential revoked",
+        the job then ends FAILED), which a release within that second caused now and then."""
         if not self._release:
             return
         ids = ",".join(str(p.job.job_id) for p in pending)
+        soon = time.time() + 10  # released already (now+2): leave it, or it never starts
         with contextlib.suppress(ConfigurationError):
-            for line in slurm_command(["squeue", "-h", "-o", "%i %T %r", "-j", ids]).splitlines():
-                job_id, state, reason = [*line.split(), "", "", ""][:3]
-                if state == "PENDING" and reason == "BeginTime":
-                    slurm_command(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+            out = slurm_command(["squeue", "-h", "-o", "%i %T %r %S", "-j", ids])
+            for line in out.splitlines():
+                job_id, state, reason, start = [*line.split(), "", "", "", ""][:4]
+                if state != "PENDING" or reason != "BeginTime":
+                    continue
+                with contextlib.suppress(ValueError):
+                    if time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) <= soon:
+                        continue
+                slurm_command(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"])
 
     def _requeued(self, p: _Pending) -> bool:
         """A requeued job is in ``squeue`` again (pending, requeued, running) while Slurm's
