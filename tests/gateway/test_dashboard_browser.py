@@ -187,7 +187,7 @@ def test_a_screenshot_shows_the_charts_with_data(gateway, browser, tmp_path):
         }
         return [count('chart-cpu'), count('chart-mem'), count('chart-gpu')];
     """)
-    assert inked[0] > 100 and inked[1] > 100 and inked[2] == 0, inked  # no GPU line in blue
+    assert inked[0] > 10 and inked[1] > 10 and inked[2] == 0, inked  # lines drawn; no GPU line
     path = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(path))
     data = path.read_bytes()
