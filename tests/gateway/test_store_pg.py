@@ -25,6 +25,7 @@ from hetfaas.gateway import RESTART_REASON, Store
 from hetfaas.gateway.errors import StoreError
 from hetfaas.gateway.store_pg import PgStore, is_dsn, redact, to_pg
 from tests.gateway.pg import pg_server  # noqa: F401  (the session's PostgreSQL server)
+from tests.gateway.test_restart import _starts  # the runs each tag made, from the O_APPEND log
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCS = "tests.gateway.funcs"
@@ -257,14 +258,6 @@ def _wait_up(httpx, proc: subprocess.Popen, url: str, out: Path) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"the gateway did not start:\n{out.read_text()}")
-
-
-def _starts(log: Path) -> collections.Counter:
-    if not log.exists():
-        return collections.Counter()
-    return collections.Counter(
-        line.split()[1] for line in log.read_text().splitlines() if line.startswith("start ")
-    )
 
 
 @pytest.mark.timeout(150)
