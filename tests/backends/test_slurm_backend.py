@@ -166,7 +166,12 @@ def _requeue_once(slurm, marker):
     time.sleep(1.5)  # some progress to keep
     # What Slurm sends before a time limit or a preemption (Submitit's own test hook does this)
     subprocess.run(["scancel", "--signal", "USR2", fut.engine_id], check=True)
-    return fut.result(timeout=240)
+    t0 = time.monotonic()
+    got = fut.result(timeout=240)
+    # released from Slurm's hold of a requeued job (about 121 s, BeginTime) and started at
+    # once: run 2 itself takes ~5 s
+    assert time.monotonic() - t0 < 60
+    return got
 
 
 def test_checkpointable_call_is_requeued_with_its_state(slurm, tmp_path):

@@ -561,6 +561,7 @@ class SlurmBackend(SubmititBackend):
     ) -> None:
         require_slurm()
         self._release = release_requeued
+        self._kicked: dict[str, float] = {}  # requeued job -> when its scheduling was asked
         self._python = parameters.pop("slurm_python", None)  # Submitit's, at construction
         self._max_num_timeout = parameters.pop("slurm_max_num_timeout", None)  # that too
         if partition is not None:
@@ -614,9 +615,19 @@ class SlurmBackend(SubmititBackend):
                 job_id, state, reason, start = [*line.split(), "", "", "", ""][:4]
                 if state != "PENDING" or reason != "BeginTime":
                     continue
-                with contextlib.suppress(ValueError):
-                    if time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) <= soon:
-                        continue
+                try:
+                    begin = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S"))
+                except ValueError:
+                    # "N/A": its begin time has passed and it waits for the scheduler's next
+                    # periodic pass (up to a minute): an update of the job starts one now
+                    mono = time.monotonic()
+                    if mono - self._kicked.get(job_id, -math.inf) >= _KICK_EVERY_S:
+                        self._kicked[job_id] = mono
+                        slurm_command(["scontrol", "update", f"JobId={job_id}",
+                                       "StartTime=now"])  # fmt: skip
+                    continue
+                if begin <= soon:
+                    continue
                 slurm_command(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"])
 
     def _requeued(self, p: _Pending) -> bool:
@@ -639,6 +650,7 @@ class SlurmBackend(SubmititBackend):
 
 
 _REFRESH_S = 2.0
+_KICK_EVERY_S = 5.0  # a requeued job past its begin time is pushed to the scheduler this often
 
 
 def _children(pid: int) -> list[int]:
