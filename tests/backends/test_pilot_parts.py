@@ -257,3 +257,20 @@ def test_min_blocks_are_held_warm_without_calls(local_pilot):
     got = ex.submit(pf.nap, 0)
     assert got.result(timeout=30)["pid"] and got.engine_id == b["job_id"]
     assert got.timings.cold_start_us < 0.5 * b["ready_s"] * 1e6  # it found the block warm
+
+
+def test_a_short_call_comes_back_in_one_frame_and_a_long_ones_start_is_heard(local_pilot):
+    ex = local_pilot(min_blocks=1)
+    assert ex.submit(fx.add, 0, 0).result(timeout=60) == 0
+    (before,) = ex.backend.blocks()
+    for i in range(100):
+        assert ex.submit(fx.add, i, 1).result(timeout=30) == i + 1
+    (after,) = ex.backend.blocks()
+    # the block reports a call's start with its reply when the call ends within its report
+    # interval (a frame for each would be 200); a heartbeat or a late start may add a few
+    assert after["frames"] - before["frames"] <= 120
+    slow = ex.submit(pf.nap, 3)
+    t0 = time.monotonic()
+    assert wait_for(lambda: ex.backend.stats()["running"] == 1, 10)
+    assert time.monotonic() - t0 < 1.0  # heard within the report interval, not at its end
+    assert slow.result(timeout=30)["pid"]

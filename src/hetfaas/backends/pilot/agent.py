@@ -43,6 +43,8 @@ from . import wire
 _log = logging.getLogger("hetfaas.backends.pilot.agent")
 CONNECT_FOR_S = 30.0  # how long a block retries reaching the submitter
 SLURM_END_MARGIN_S = 2.0  # a block ends this long before Slurm's own limit, at the latest
+START_EVERY_S = 0.005  # the calls that began are reported this often (see Agent.on_start)
+IDLE_TICK_S = 0.1  # ... at the least often, while calls run; the sender sleeps after this idle
 
 
 class _BlockFuture(Future):
@@ -88,6 +90,7 @@ class Agent:
         self._results: list[tuple[Any, ...]] = []
         self._wake = threading.Event()
         self._out = threading.Lock()  # one thread at a time takes the events and sends them
+        self._ticking = False  # the sender wakes every START_EVERY_S (calls run here)
         self._closing = False
         self.reason = ""
         self._said_bye = False
@@ -96,9 +99,17 @@ class Agent:
     # ------------------------------------------------------------------ events out
 
     def on_start(self, call_id: int) -> None:
+        # Not sent at once: the sender reports the calls that began within START_EVERY_S,
+        # and a call that ends sooner has its start go with its reply in one frame. Waking
+        # the sender for each start would cost a thread switch on the block's cores while
+        # the call runs, and a frame more per call on the submitter. (The submitter needs a
+        # start to know, when a block ends, which of its calls may have begun: one it did not
+        # hear of is failed, not run again, unless the block said BYE after its last events.)
         with self._lock:
             self._started.append(call_id)
-        self._wake.set()
+            if not self._ticking:  # the sender sleeps long: it ticks again from now on
+                self._ticking = True
+                self._wake.set()
 
     def on_done(self, fut: _BlockFuture) -> None:
         self._futures.pop(fut.seq, None)
@@ -135,16 +146,27 @@ class Agent:
 
     def _send_loop(self) -> None:
         last = time.monotonic()
+        busy = last  # when calls last ran here
+        tick = START_EVERY_S  # while calls run: longer (to IDLE_TICK_S) while none is reported
         while not self._closing:
-            self._wake.wait(wire.HEARTBEAT_S)
+            self._wake.wait(tick if self._ticking else wire.HEARTBEAT_S)
             self._wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                if self._futures or self._started:
+                    busy = now
+                elif now - busy > IDLE_TICK_S:
+                    self._ticking = False  # nothing ran for a while: sleep until a call starts
             try:
                 with self._out:
                     if self._closing:
                         return
                     if self._send_events():
                         last = time.monotonic()
-                    elif time.monotonic() - last >= wire.HEARTBEAT_S:
+                        tick = START_EVERY_S
+                    else:
+                        tick = min(2 * tick, IDLE_TICK_S)
+                    if time.monotonic() - last >= wire.HEARTBEAT_S:
                         self.conn.send((wire.PING,))
                         last = time.monotonic()
             except OSError:

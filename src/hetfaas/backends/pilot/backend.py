@@ -34,7 +34,6 @@ import itertools
 import logging
 import math
 import os
-import pickle
 import shutil
 import socket
 import tempfile
@@ -61,6 +60,7 @@ from ..contract import attach, start
 from ..remote import Payload, fail
 from . import wire
 from .launch import Launcher, agent_command, make_launcher
+from .reader import BlockReader
 from .records import GONE, Block, Call, settle_reply
 from .strategy import DRAINING, PENDING, RUNNING, Observed, Pilot, decide, pilot_from
 
@@ -167,7 +167,8 @@ class SlurmPilotBackend(Backend):
             )
         payload = Payload.build(spec.fn, spec.args, spec.kwargs, res)
         call = Call(spec.future, payload, res, next(self._call_ids))
-        attach(spec.future, canceller=functools.partial(self._cancel, call))
+        attach(spec.future, waiter=functools.partial(self._wait_for, call),
+               canceller=functools.partial(self._cancel, call))  # fmt: skip
         return call
 
     def dispatch(self, prepared: list[Any]) -> None:
@@ -226,7 +227,8 @@ class SlurmPilotBackend(Backend):
     def blocks(self) -> list[dict[str, Any]]:
         """The blocks now: ``id``, ``job_id``, ``state`` (pending, running, draining,
         released), ``host``, ``cores``, ``calls``, ``left_s`` (to its walltime) and, once it
-        joined, ``joined_at`` (``time.time()``) and ``ready_s`` (its launch, in seconds)."""
+        joined, ``joined_at`` (``time.time()``), ``ready_s`` (its launch, in seconds) and
+        ``frames`` (received from it)."""
         now = time.monotonic()
         with self._lock:
             return [
@@ -240,6 +242,7 @@ class SlurmPilotBackend(Backend):
                     "left_s": b.deadline - now,
                     "joined_at": b.ready_ns / 1e9 if b.ready else None,
                     "ready_s": b.ready - b.launched if b.ready else None,
+                    "frames": b.frames,
                 }
                 for b in self._blocks.values()
                 if b.state != GONE
@@ -349,6 +352,18 @@ class SlurmPilotBackend(Backend):
                         b.outbox = []
                     break
 
+    def _wait_for(self, call: Call, fut: Future, deadline: float | None) -> None:
+        """Waiter hook: a caller waiting on a call that is at a block reads that block's
+        replies itself (:mod:`.reader`); else (queued here) it waits as usual."""
+        while not fut.done():
+            b = call.block
+            reader = b.reader if b is not None else None
+            if reader is None or reader.lost:
+                return
+            reader.wait_for(fut.done, deadline)
+            if call.block is b or (deadline is not None and time.monotonic() >= deadline):
+                return
+
     def _cancel(self, call: Call, fut: Future) -> bool:
         """The canceller of a call that is RUNNING here: dropped from the queue, or its block
         asked to stop it."""
@@ -404,14 +419,16 @@ class SlurmPilotBackend(Backend):
             b.info = info
             b.job_id = b.job_id or str(info.get("job_id", ""))
             b.conn = conn
+            reader = b.reader = BlockReader(conn, functools.partial(self._on_frame, b),
+                                            functools.partial(self._on_lost, b),
+                                            f"pilot-block{block_id}")  # fmt: skip
             b.ready, b.ready_ns, b.last_recv = now, time.time_ns(), now
             b.idle_since = now
             b.deadline = now + float(info["left_s"])
             b.state = DRAINING if now + self.pilot.drain_s > b.deadline else RUNNING
             self._failures = 0
             todo = self._schedule()
-        threading.Thread(target=self._read_loop, args=(b,), name=f"pilot-block{block_id}",
-                         daemon=True).start()  # fmt: skip
+        reader.start()
         _log.info("pilot: block %d (job %s) joined from %s after %.2f s", block_id, b.job_id,
                   peer, now - b.launched)  # fmt: skip
         self._flush(todo)
@@ -419,24 +436,18 @@ class SlurmPilotBackend(Backend):
 
     # ------------------------------------------------------------------ blocks serving
 
-    def _read_loop(self, b: Block) -> None:
-        conn = b.conn
-        assert conn is not None
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError, pickle.UnpicklingError):
-                break
-            b.last_recv = time.monotonic()
-            kind = msg[0]
-            try:
-                if kind == wire.EVENTS:
-                    self._on_events(b, msg[1], msg[2])
-                elif kind == wire.BYE:
-                    b.bye = str(msg[1])
-            except Exception:  # delivery must go on: every accepted call must end
-                _log.exception("pilot: block %d: a message could not be handled", b.id)
-        self._on_lost(b)
+    def _on_frame(self, b: Block, msg: tuple[Any, ...]) -> None:
+        """One frame from ``b`` (in its reader thread, or a caller holding its read role)."""
+        b.last_recv = time.monotonic()
+        b.frames += 1
+        kind = msg[0]
+        try:
+            if kind == wire.EVENTS:
+                self._on_events(b, msg[1], msg[2])
+            elif kind == wire.BYE:
+                b.bye = str(msg[1])
+        except Exception:  # delivery must go on: every accepted call must end
+            _log.exception("pilot: block %d: a message could not be handled", b.id)
 
     def _on_events(self, b: Block, started: list[int], results: list[tuple[Any, ...]]) -> None:
         done = []

@@ -13,6 +13,7 @@ from ..._invocation import Stamps
 from ..contract import complete as settle
 from ..remote import Payload, Reply, outcome, reply_gpus, usage_of_reply
 from . import wire
+from .reader import BlockReader
 from .strategy import DRAINING, PENDING, RUNNING, BlockView, Pilot
 
 GONE = "gone"
@@ -44,6 +45,7 @@ class Block:
         self.cpus = pilot.cpus
         self.gpus = pilot.gpus
         self.conn: wire.Connection | None = None
+        self.reader: BlockReader | None = None  # reads conn once the block joined
         self.calls: dict[int, Call] = {}
         self.load = 0  # cores of its calls
         self.gload = 0.0  # GPUs of its calls
@@ -54,6 +56,7 @@ class Block:
         self.deadline = math.inf
         self.idle_since = self.launched
         self.last_recv = 0.0
+        self.frames = 0  # received since it joined (HELLO aside)
         self.last_sent = 0.0
         self.shipped: set[bytes] = set()
         self.outbox: list[tuple[Any, ...]] = []

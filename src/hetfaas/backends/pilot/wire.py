@@ -208,6 +208,13 @@ class Connection:
         del buf[:end]
         return msg  # type: ignore[no-any-return]
 
+    def buffered(self) -> bool:
+        """Whether a whole frame is already read (``recv`` returns it without the socket)."""
+        buf = self._buf
+        if len(buf) < _HEADER.size:
+            return False
+        return len(buf) >= _HEADER.size + _HEADER.unpack_from(buf)[0]
+
     def _fill(self, want: int = 0) -> None:
         chunk = self.sock.recv(max(want, 1 << 18))
         if not chunk:
