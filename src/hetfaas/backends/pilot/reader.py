@@ -117,9 +117,9 @@ class BlockReader:
 
     # ------------------------------------------------------------------ the role holder
 
-    def _read_one(self, timeout: float | None, wake: bool = False) -> bool:
-        """Handle the next frame, waiting up to ``timeout`` for it (the role held); whether
-        one was handled. With ``wake`` a caller's poke ends the wait too."""
+    def _read_one(self, timeout: float | None, wake: bool = False) -> None:
+        """Handle the next frame, waiting up to ``timeout`` for it (the role held). With
+        ``wake`` a caller's poke ends the wait too."""
         conn = self.conn
         if not conn.buffered():
             fds: list[Any] = [conn.sock, self._wake_r] if wake else [conn.sock]
@@ -127,18 +127,17 @@ class BlockReader:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except (OSError, ValueError):  # closed under us: the end of the connection
                 self._lose()
-                return False
+                return
             if self._wake_r in ready:
                 self._drain_wake()
             if conn.sock not in ready:
-                return False
+                return
         try:
             msg = conn.recv()
         except (EOFError, OSError, ValueError, pickle.UnpicklingError):
             self._lose()
-            return False
+            return
         self._handle(msg)
-        return True
 
     def _lose(self) -> None:
         with self._cond:
