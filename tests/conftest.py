@@ -29,3 +29,12 @@ def ex():
 
 
 CORES = len(os.sched_getaffinity(0))
+
+
+def thread_switches(thread) -> int:
+    """How often ``thread`` of this process went to sleep so far (the kernel's count)."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")

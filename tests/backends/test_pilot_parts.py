@@ -208,7 +208,9 @@ def test_process_blocks_serve_calls_with_resources_and_errors(local_pilot):
     with pytest.raises(hetfaas.CallCancelled):
         slow.result(timeout=5)
     assert ex.submit(fx.add, 5, 5).result(timeout=30) == 10  # the block goes on
-    assert len(ex.backend.blocks()) == 1
+    (block,) = ex.backend.blocks()
+    (agent,) = [p.pid for p in ex.backend.launcher._procs.values()]
+    assert os.sched_getaffinity(agent) == set(block["cores"])  # its threads on its cores
 
 
 def test_killed_block_fails_every_call_it_was_sent(local_pilot, tmp_path, caplog):

@@ -7,8 +7,9 @@ import threading
 import time
 
 from hetfaas.backends.pilot import wire
-from hetfaas.backends.pilot.reader import BlockReader
+from hetfaas.backends.pilot.reader import NAP_S, BlockReader
 
+from ..conftest import thread_switches
 from .test_submitit_backend import wait_for
 
 
@@ -95,3 +96,28 @@ def test_a_caller_gives_up_at_its_deadline_and_the_end_is_reported_once():
     time.sleep(0.2)
     assert len(seen.lost) == 1
     reader.wait_for(lambda: False, None)  # returns at once: the connection is gone
+
+
+def test_a_caller_that_waits_call_after_call_leaves_the_thread_asleep():
+    # Between one wait and the next the reader thread does not take the role back (it would
+    # be poked aside again at once: two thread switches per call on the caller's way), so
+    # each reply that comes meanwhile is read by the caller that waits for it.
+    seen = _Seen()
+    reader, peer = _pair(seen)
+    peer.send((wire.PING, 0))
+    reader.wait_for(lambda: seen.has(0), time.monotonic() + 10)
+    before = thread_switches(reader._thread)
+    t0 = time.monotonic()
+    for n in range(1, 201):
+        peer.send((wire.PING, n))  # the reply is on its way before the caller waits
+        reader.wait_for(lambda n=n: seen.has(n), time.monotonic() + 10)
+    woke = thread_switches(reader._thread) - before
+    naps = (time.monotonic() - t0) / NAP_S  # it looks up once per NAP_S while callers wait
+    assert woke <= naps + 5, (woke, naps)  # not once or twice per call (200)
+    assert [name for name, msg in seen.frames if msg[1] >= 1] == ["MainThread"] * 200
+    assert [msg[1] for _, msg in seen.frames] == list(range(201))
+    peer.send((wire.PING, 201))  # and once no caller waits, the thread reads again
+    assert wait_for(lambda: seen.has(201), 5)
+    assert seen.frames[-1][0] == "reader-thread"
+    peer.close()
+    assert wait_for(lambda: len(seen.lost) == 1, 5)

@@ -233,7 +233,14 @@ class LocalBackend(WorkerLifecycle, Backend):
             if self._parked:
                 self._parked = False
                 self._unpark.set()
-                self._poke()
+                # The parked reader polls the workers' sockets already, so it hears these
+                # calls' replies: it is woken (a thread switch on a core the calls may need)
+                # only when its poll's timeout must change: a call with a time limit, or calls
+                # left waiting. (A worker started for them pokes it in _spawn.)
+                if any(self._queues.values()) or any(
+                    c.resources.timeout_s is not None for c in prepared
+                ):
+                    self._poke()
 
     def warmup(self, n: int, resources: Resources) -> None:
         """Start workers for ``resources`` until ``n`` exist, and wait until they are ready."""

@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..local import LocalBackend
 
     cores = block_cores(args.cpus)
+    # The agent's own threads run on the block's cores too, as a task plug-in of Slurm
+    # would confine them: they work while the block's calls wait for them, a hand-off there
+    # is a switch on a core that is awake, and no core outside the block is taken.
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cores)
     pool = LocalBackend(cpus=cores, gpus=args.gpus, memory_mb=args.memory_mb,
                         max_workers=len(cores), keep_alive_s=args.walltime)  # fmt: skip
     warm = threading.Thread(target=pool.warmup, args=(len(cores), Resources()), daemon=True)

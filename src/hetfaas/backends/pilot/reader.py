@@ -6,7 +6,9 @@ wakes: two thread switches on the way back. A caller waiting on a call that is a
 takes the *read role* instead (leader/follower, as the local pool does with its workers'
 pipes): the reader thread steps aside while any caller waits, and the caller reads the
 socket, handles every frame that comes (other calls' replies too) and returns once its own
-future is done, saving one switch per call.
+future is done, saving one switch per call. The thread takes the role back only ``NAP_S``
+after the last caller left, so a caller that waits call after call neither pokes it aside nor
+wakes it each time (two more switches per call, both on the caller's way).
 
 Only the holder of the role reads (the connection's buffer is not shared between threads);
 frames are handled one at a time, in order. Whoever meets the connection's end reports it to
@@ -28,6 +30,7 @@ from . import wire
 
 ROLE_WAIT_S = 0.001  # a caller asks again this often for the role it was refused
 SELECT_S = 0.05  # a role holder looks up from the socket this often (its future, a deadline)
+NAP_S = 0.02  # the reader thread reads again this long after the last caller left
 
 
 class BlockReader:
@@ -47,6 +50,8 @@ class BlockReader:
         self._role = threading.Lock()
         self._cond = threading.Condition()
         self._waiting = 0  # callers that want the role
+        self._left = 0.0  # when the last caller left (time.monotonic())
+        self._reading = False  # the reader thread holds the role (a caller pokes it aside)
         self._wake_r, self._wake_w = os.pipe()  # a caller's poke: the thread steps aside
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -62,15 +67,22 @@ class BlockReader:
     def _run(self) -> None:
         try:
             while not self.lost:
-                with self._cond:  # callers read meanwhile: wait until none is left
-                    while self._waiting and not self.lost:
-                        self._cond.wait(0.5)
-                if self.lost:
-                    break
-                with self._role:
-                    self._drain_wake()  # (a poke drained here was counted in _waiting first)
-                    while not self.lost and not self._waiting:
-                        self._read_one(None, wake=True)
+                with self._cond:  # callers read meanwhile: wait until none is left for NAP_S
+                    while not self.lost:
+                        nap = NAP_S if self._waiting else self._left + NAP_S - time.monotonic()
+                        if nap <= 0:
+                            break
+                        self._cond.wait(nap)
+                    if self.lost:
+                        break
+                    self._reading = True  # (with no caller waiting, under the condition)
+                try:
+                    with self._role:
+                        self._drain_wake()  # (a poke drained here was counted in _waiting first)
+                        while not self.lost and not self._waiting:
+                            self._read_one(None, wake=True)
+                finally:
+                    self._reading = False
         finally:
             with self._cond:  # no caller writes to the pipe once it is closed
                 while self._waiting:
@@ -93,8 +105,9 @@ class BlockReader:
             if self.lost or self._fds_closed:
                 return
             self._waiting += 1
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"\0")  # the reader thread steps aside
+            if self._reading:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"\0")  # the reader thread steps aside
         try:
             while not done() and not self.lost:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -112,7 +125,8 @@ class BlockReader:
         finally:
             with self._cond:
                 self._waiting -= 1
-                if not self._waiting:
+                self._left = time.monotonic()
+                if self.lost and not self._waiting:  # the reader thread closes the pipe
                     self._cond.notify_all()
 
     # ------------------------------------------------------------------ the role holder
