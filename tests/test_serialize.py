@@ -67,3 +67,26 @@ def test_unpicklable_names_the_culprit():
     with pytest.raises(SerializationError, match="function"):
         lock = threading.Lock()
         serialize.dump_function(lambda: lock)
+
+
+class _Name(str):
+    pass
+
+
+def test_plain_values_are_told_apart_from_what_needs_cloudpickle():
+    for v in (1, 2.5, "s", b"b", True, None, (), (1, "a", None), ((1, 2), b"x", (3.0,)),
+              tuple(range(32))):  # fmt: skip
+        assert serialize.plain(v), v
+    for v in ([1], {"a": 1}, (1, [2]), ((1, (2,)),), tuple(range(33)), ((0,) * 33,),
+              _Name("x"), (_Name("x"),), np.float64(1.0), (lambda: 1), (print,)):  # fmt: skip
+        assert not serialize.plain(v), v
+
+
+def test_plain_arguments_and_the_rest_come_back_the_same():
+    sink = serialize.BufferSink(None)
+    f = lambda x: x + 1  # noqa: E731  (cloudpickle pickles it by value)
+    for args, kwargs in [((1, "a", (2, b"b")), {}), ((f,), {}), ((1,), {"k": (1, 2)})]:
+        data = serialize.dumps_call_args("fn", args, kwargs, sink)
+        back_args, back_kwargs = serialize.loads(data, sink.descs, None)
+        assert back_kwargs == kwargs
+        assert back_args[0](1) == 2 if args[0] is f else back_args == args

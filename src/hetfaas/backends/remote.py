@@ -11,6 +11,7 @@ the future's result or exception and its timings.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -18,7 +19,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import cloudpickle
@@ -28,11 +29,13 @@ from .._invocation import CallUsage, Stamps
 from .._resources import Resources
 from .._threads import ThreadPools
 from ..exceptions import SerializationError
-from ..serialize import dump_function
+from ..serialize import dump_function, plain
 from . import errors
 from .contract import complete as settle
 
 _loaded: dict[bytes, Any] = {}  # functions already unpickled in this engine process
+_paths: dict[tuple[str, ...], tuple[str, ...]] = {}  # sys.path as shipped, by sys.path
+_added: list[tuple[tuple[str, ...], int]] = [((), 0)]  # the caller's path last added here
 _pools = ThreadPools()  # this engine process's thread pools, sized to each call's cores
 
 
@@ -61,12 +64,15 @@ class Payload:
         digest, fn_bytes = dump_function(fn)
         name = getattr(fn, "__qualname__", None) or repr(fn)
         try:
-            data = cloudpickle.dumps((args, kwargs), protocol=5)
+            if not kwargs and plain(args):
+                data = pickle.dumps((args, kwargs), protocol=5)
+            else:
+                data = cloudpickle.dumps((args, kwargs), protocol=5)
         except Exception as exc:
             raise SerializationError(
                 f"the arguments of {name} cannot be pickled: {type(exc).__name__}: {exc}"
             ) from exc
-        paths = tuple(dict.fromkeys(p or os.getcwd() for p in sys.path))
+        paths = _caller_path()
         return cls(
             digest,
             fn_bytes,
@@ -92,6 +98,17 @@ class Payload:
             ) from exc
         digest = hashlib.blake2b(fn_bytes, digest_size=16).digest()
         return replace(self, digest=digest, fn=fn_bytes, args=data)
+
+
+def _caller_path() -> tuple[str, ...]:
+    """This process's ``sys.path`` as a call ships it (the current directory for '')."""
+    key = tuple(sys.path)
+    got = _paths.get(key)
+    if got is None:
+        if len(_paths) > 64:
+            _paths.clear()
+        got = _paths[key] = tuple(dict.fromkeys(p or os.getcwd() for p in key))
+    return got
 
 
 @dataclass
@@ -125,7 +142,9 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
     cpu0 = cpu_ns = -1
     meter = _gpu_meter() if payload.gpus else None
     gpu: tuple[float | None, float | None] = (None, None)
-    sys.path.extend(p for p in payload.sys_path if p not in sys.path)
+    if (payload.sys_path, len(sys.path)) != _added[0]:  # (the same call after call)
+        sys.path.extend(p for p in payload.sys_path if p not in sys.path)
+        _added[0] = (payload.sys_path, len(sys.path))
     try:
         fn = _loaded.get(payload.digest)
         if fn is None:
@@ -168,9 +187,29 @@ def run_payload(payload: Payload, on_start: Callable[[int], None] | None = None)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if cpu_ns >= 0 else 0
     return Reply(
         ok, data, begin, start, end, load_ns, _process_start_ns(), os.getpid(),
-        os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
+        _host(), tuple(sorted(os.sched_getaffinity(0))),
         os.environ.get("CUDA_VISIBLE_DEVICES", ""), cpu_ns, maxrss, *gpu,
     )  # fmt: skip
+
+
+def run_shipped(
+    digest: bytes, fn: bytes, args: bytes, cpus: int, gpus: float, fn_name: str,
+    sys_path: tuple[str, ...], memory_mb: float | None,
+) -> tuple[Any, ...]:  # fmt: skip
+    """:func:`run_payload` for a call whose parts come as plain values, its :class:`Reply`
+    as a plain tuple (``Reply(*t)``): a pilot block hands these to its pool, which pickles
+    them both ways without cloudpickle."""
+    reply = run_payload(Payload(digest, fn, args, cpus, gpus, fn_name, sys_path=sys_path,
+                                memory_mb=memory_mb))  # fmt: skip
+    return tuple(getattr(reply, name) for name in _REPLY_FIELDS)
+
+
+_REPLY_FIELDS = tuple(f.name for f in fields(Reply))
+
+
+@functools.cache
+def _host() -> str:
+    return os.uname().nodename
 
 
 _meters: list[Any] = []
@@ -192,7 +231,7 @@ def error_reply(exc: BaseException, start_ns: int = 0, end_ns: int = 0, tb: str 
     start = start_ns or end
     return Reply(
         False, errors.encode(exc, tb or None), start, start, end, 0, _process_start_ns(),
-        os.getpid(), os.uname().nodename, tuple(sorted(os.sched_getaffinity(0))),
+        os.getpid(), _host(), tuple(sorted(os.sched_getaffinity(0))),
         os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     )  # fmt: skip
 

@@ -172,7 +172,7 @@ class Worker:
             if meter is not None:
                 gpu_util, gpu_mem = meter.stop()
             del args, kwargs
-            if type(value) in _SIMPLE:
+            if serialize.plain(value):
                 reply = (seq, P.VALUE, pickle.dumps(value, protocol=5), ())
             else:
                 sink = serialize.BufferSink(self.results)
@@ -212,9 +212,6 @@ class Worker:
 
 class CallInterrupted(BaseException):
     """Raised inside the user's function by :meth:`Worker.on_cancel`."""
-
-
-_SIMPLE = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def _name(fn: Any) -> str:

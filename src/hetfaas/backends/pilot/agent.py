@@ -9,7 +9,7 @@
    hello: its job, host, cores, GPUs and the time left to its walltime.
 3. Serves: each call arrives pickled by the submitter (function and arguments as
    :class:`~hetfaas.backends.remote.Payload` bytes: the agent never unpickles user code) and
-   runs on the pool as :func:`~hetfaas.backends.remote.run_payload` under the call's own
+   runs on the pool as :func:`~hetfaas.backends.remote.run_shipped` under the call's own
    ``Resources``. The pool's start of each call and each reply go back in batched frames: an
    ``EVENTS`` frame carries every call that began and every reply since the last one.
 4. Ends at its walltime (it says ``BYE`` first), on the submitter's ``EXIT``, when the
@@ -37,7 +37,7 @@ from ..._future import Future
 from ..._resources import Resources
 from ...exceptions import CallCancelled, CallTimeout
 from ..base import CallSpec
-from ..remote import Payload, Reply, _process_start_ns, error_reply, run_payload
+from ..remote import Reply, _process_start_ns, error_reply, run_shipped
 from . import wire
 
 _log = logging.getLogger("hetfaas.backends.pilot.agent")
@@ -208,8 +208,6 @@ class Agent:
                 fn = self._fns[digest]
             else:
                 self._fns[digest] = fn
-            payload = Payload(digest, fn, args, cpus, gpus, fn_name, sys_path=path,
-                              memory_mb=memory_mb)  # fmt: skip
             key = (cpus, gpus, memory_mb, timeout_s)
             res = self._res.get(key)
             if res is None:
@@ -217,7 +215,8 @@ class Agent:
             fut = _BlockFuture(self, call_id, timeout_s, recv_ns)
             self._futures[call_id] = fut
             try:
-                prepared.append(self.pool.prepare(CallSpec(run_payload, (payload,), {}, res, fut)))
+                fields = (digest, fn, args, cpus, gpus, fn_name, path, memory_mb)
+                prepared.append(self.pool.prepare(CallSpec(run_shipped, fields, {}, res, fut)))
             except Exception as exc:  # this block cannot take it (a ResourceError)
                 fut.set_running_or_notify_cancel()
                 fut.set_exception(exc)
@@ -282,8 +281,8 @@ def _reply_of(fut: _BlockFuture) -> Reply:
         exc: BaseException | None = CallCancelled(f"call {fut.invocation_id} was cancelled")
     else:
         exc = fut._exception
-    if exc is None and isinstance(fut._result, Reply):
-        return fut._result
+    if exc is None and type(fut._result) is tuple:
+        return Reply(*fut._result)
     if exc is None:
         exc = RuntimeError(f"the block's pool returned {type(fut._result).__name__}")
     end = time.time_ns()
