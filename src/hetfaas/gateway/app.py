@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import binary
 from .auth import PUBLIC_DOCS, Guard, RateLimiter, TokenCache
+from .callbacks import CallbackPolicy
 from .engine import Engine, encode, to_api
 from .errors import BadInput, Conflict, GatewayError, NotFound, StoreError
 from .store import FINAL, STATES, Store, new_invocation_id
@@ -147,13 +148,16 @@ def create_app(
     purge_every_s: float | None = 3600.0,
     metrics: bool = True,
     dashboard: bool = True,
+    callback_allow: tuple[str, ...] | list[str] = (),
 ) -> FastAPI:
     """The gateway's app over ``store`` and ``executor`` (neither is closed by the app).
 
     ``allowed_modules``: module prefixes functions may be deployed from (``"*"``: any;
     default none). ``max_body_bytes`` (JSON), ``max_binary_bytes`` (an array body) and
     ``rate_per_s``: limits of tokens that have none of their own (``None`` rate: unlimited).
-    ``cors_origins``: off unless given.
+    ``cors_origins``: off unless given. ``callback_allow``: the hosts, names and networks
+    callbacks may go to (default: anywhere but link-local and multicast networks; see
+    :mod:`.callbacks`).
     ``public_docs``: serve the OpenAPI schema and docs without a token. ``metrics``: serve
     ``/metrics`` for Prometheus (with a token; see :mod:`.metrics`).
     """
@@ -163,6 +167,7 @@ def create_app(
 
         observer = GatewayMetrics(executor)
     engine = Engine(store, executor, max_inflight=max_inflight, allowed_modules=allowed_modules,
+                    callback_policy=CallbackPolicy.parse(callback_allow),
                     observer=observer)  # fmt: skip
     if observer is not None:
         observer.bind(engine)
@@ -366,10 +371,11 @@ def create_app(
         files = None
         if kind is not None:
             callback_url = request.headers.get("x-hetfaas-callback")
-            _check_callback(callback_url)
+            engine.callback_policy.check_url(callback_url)
             args, kwargs, files = await read_binary(request, name, kind)
         else:
             args, kwargs, callback_url = _invoke_body(await request.body(), with_callback=True)
+            engine.callback_policy.check_url(callback_url)
         ids, states, _ = await accept_and_wait(
             request, name, [(args, kwargs)], 0, callback_url, files=files
         )
@@ -395,7 +401,7 @@ def create_app(
         """Many calls in one request: 202 with their ids and the batch's id (a filter of the
         invocation list), or, when all ended within `wait`, 200 with their states, results
         and errors in input order (the full records: `GET /v1/invocations?batch=ID`)."""
-        _check_callback(body.callback_url)
+        engine.callback_policy.check_url(body.callback_url)
         batch_id = new_invocation_id()
         ids, states, done = await accept_and_wait(
             request, name, [(i.args, i.kwargs) for i in body.inputs], wait, body.callback_url,
@@ -577,15 +583,7 @@ def _invoke_body(raw: bytes, with_callback: bool) -> tuple[Any, Any, str | None]
         raise BadInput(f"args must be a list, got {type(args).__name__}")
     if not isinstance(kwargs, dict):
         raise BadInput(f"kwargs must be an object, got {type(kwargs).__name__}")
-    _check_callback(url)
     return args, kwargs, url
-
-
-def _check_callback(url: Any) -> None:
-    if url is None:
-        return
-    if not (isinstance(url, str) and url.startswith(("http://", "https://")) and url.isascii()):
-        raise BadInput(f"callback_url must be an http(s) URL (ASCII), got {url!r}")
 
 
 _Time = Annotated[float | datetime.datetime | None, Query(description="Unix seconds or ISO 8601")]

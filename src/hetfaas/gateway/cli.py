@@ -219,6 +219,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow browsers from ORIGIN (CORS is off unless given); repeat",
     )
     p.add_argument(
+        "--callback-allow",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="callbacks may go only to HOST: a name or pattern (hooks.example.org, "
+        "*.example.org), an address or a network (10.0.0.0/8); repeat. Without it: "
+        "anywhere but link-local (cloud metadata) and multicast addresses",
+    )
+    p.add_argument(
         "--no-public-docs",
         action="store_true",
         help="the OpenAPI schema and /docs need a token too",
@@ -297,6 +306,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_wait_s=args.max_wait,
             max_inflight=args.max_inflight,
             cors_origins=tuple(args.cors_origin),
+            callback_allow=tuple(args.callback_allow),
             public_docs=not args.no_public_docs,
         )
         if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -43,10 +43,10 @@ from ..exceptions import CallCancelled, HetfaasError, RemoteError, RemoteTraceba
 from ..retry import DEFAULT as DEFAULT_RETRY
 from ..retry import Idempotent, policy_of
 from . import binary
-from .errors import RESTART_REASON, BadInput, Conflict, GatewayError, NotFound
+from .callbacks import CallbackPolicy, post_json
+from .errors import RESTART_REASON, BadInput, CallbackRefused, Conflict, GatewayError, NotFound
 from .records import (
     Star,
-    deliver_json,
     encode,
     error_name,
     resolve_import,
@@ -122,6 +122,7 @@ class Engine:
         max_inflight: int | None = None,
         allowed_modules: Iterable[str] = (),
         callback_timeout_s: float = 10.0,
+        callback_policy: CallbackPolicy | None = None,
         observer: Any = None,
     ) -> None:
         self.store = store
@@ -137,6 +138,7 @@ class Engine:
         self.max_inflight = int(max_inflight)
         self.allowed_modules = tuple(allowed_modules)
         self.callback_timeout_s = callback_timeout_s
+        self.callback_policy = callback_policy or CallbackPolicy()
         self._registry: dict[tuple[str, str], Deployed] = {}
         # under the store's commit lock only (in its operations and hooks):
         self._pending: collections.deque[_Call] = collections.deque()
@@ -758,18 +760,21 @@ class Engine:
                 result = self.store.invocation(row["id"])["result"]
         body = encode({**row, "callback_url": None}, result)
         status, error, attempt = None, None, 0
+        refused = False
         for attempt in range(1, CALLBACK_ATTEMPTS + 1):
             try:
-                status = deliver_json(url, body, self.callback_timeout_s)
+                status = post_json(url, body, self.callback_timeout_s, self.callback_policy)
                 error = None if 200 <= status < 300 else f"HTTP {status}"
+            except CallbackRefused as exc:  # the rules will not change by trying again
+                error, refused = str(exc), True
+                break
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                status = getattr(exc, "code", None)
             if error is None or self._stopping or attempt == CALLBACK_ATTEMPTS:
                 break
             time.sleep(0.2 * 2**attempt)
-        info = {"state": "failed" if error else "delivered", "status": status,
-                "attempts": attempt, "error": error}  # fmt: skip
+        state = "refused" if refused else "failed" if error else "delivered"
+        info = {"state": state, "status": status, "attempts": attempt, "error": error}
         text = json.dumps(info)
         with contextlib.suppress(Exception):
             self.store.submit(

@@ -12,6 +12,7 @@
     │   ├── RateLimited               429: over the token's requests per second
     │   └── BadInput                  422: a body or parameter the gateway cannot use
     ├── StoreError                    the store cannot be opened, or another gateway holds it
+    ├── CallbackRefused               a callback the rules (--callback-allow) do not let go
     └── CallError
         └── GatewayRestarted          the gateway restarted while a non-idempotent call ran
 """
@@ -66,6 +67,11 @@ class StoreError(HetfaasError):
     """The gateway's store cannot be opened or used (or another gateway holds it)."""
 
 
+class CallbackRefused(HetfaasError):
+    """The callback rules (``--callback-allow``, see :mod:`.callbacks`) do not let the gateway
+    POST to this URL's host."""
+
+
 RESTART_REASON = (
     "the gateway restarted while the call ran; the function is not idempotent, "
     "so it was not run again"
@@ -81,6 +87,7 @@ __all__ = [
     "RESTART_REASON",
     "BadInput",
     "BodyTooLarge",
+    "CallbackRefused",
     "Conflict",
     "Forbidden",
     "GatewayError",

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import sys
 import types
-import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -133,15 +132,6 @@ def resolve_import_allowed(path: str, allowed: Iterable[str]) -> tuple[str, Call
     return module_name, fn
 
 
-def deliver_json(url: str, body: bytes, timeout_s: float) -> int:
-    """POST ``body`` (JSON) to ``url``; the HTTP status."""
-    req = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # the app takes http(s) URLs only
-        return int(resp.status)
-
-
 class Star:
     """``fn(*args, **kwargs)`` from one ``(args, kwargs)`` item: what a chunk of a batch's
     calls maps over (see :class:`hetfaas._chunks.ChunkCall`)."""
@@ -163,7 +153,6 @@ class Star:
 
 __all__ = [
     "Star",
-    "deliver_json",
     "encode",
     "error_name",
     "module_allowed",
