@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import binary
-from .auth import PUBLIC_DOCS, Guard, RateLimiter, TokenCache
+from .auth import PUBLIC_DOCS, FailureLimiter, Guard, RateLimiter, TokenCache
 from .callbacks import CallbackPolicy
 from .engine import Engine, encode, to_api
 from .errors import BadInput, Conflict, GatewayError, NotFound, StoreError
@@ -149,6 +149,7 @@ def create_app(
     metrics: bool = True,
     dashboard: bool = True,
     callback_allow: tuple[str, ...] | list[str] = (),
+    failed_tokens_per_min: float | None = 10.0,
 ) -> FastAPI:
     """The gateway's app over ``store`` and ``executor`` (neither is closed by the app).
 
@@ -157,7 +158,8 @@ def create_app(
     ``rate_per_s``: limits of tokens that have none of their own (``None`` rate: unlimited).
     ``cors_origins``: off unless given. ``callback_allow``: the hosts, names and networks
     callbacks may go to (default: anywhere but link-local and multicast networks; see
-    :mod:`.callbacks`).
+    :mod:`.callbacks`). ``failed_tokens_per_min``: invalid tokens a client address may send
+    (a burst of twice that first; ``None``: no limit; see :mod:`.auth`).
     ``public_docs``: serve the OpenAPI schema and docs without a token. ``metrics``: serve
     ``/metrics`` for Prometheus (with a token; see :mod:`.metrics`).
     """
@@ -192,6 +194,7 @@ def create_app(
         Guard,  # type: ignore[arg-type]
         tokens=TokenCache(store),
         limiter=RateLimiter(),
+        failures=FailureLimiter(failed_tokens_per_min) if failed_tokens_per_min else None,
         rate_per_s=rate_per_s,
         max_body_bytes=max_body_bytes,
         max_binary_bytes=max_binary_bytes,

@@ -8,6 +8,11 @@ of the body:
    once (one PBKDF2, in a thread, at most two at a time so that bad tokens cannot take the
    server's threads) is cached by its SHA-256; the cache checks the store for a revocation
    at most every ``recheck_s`` (1 s), so ``hetfaas token revoke`` takes effect within it.
+   Failed tokens are limited per client address (:class:`FailureLimiter`: a burst of
+   ``failed_per_min`` x 2, then ``failed_per_min`` a minute): past it, a token the cache
+   does not know is refused with 429 and ``Retry-After`` before any PBKDF2 runs, so that
+   nobody guesses tokens at speed or keeps the verifying threads busy; a cached valid token
+   from the same address (a NAT) still passes.
 2. The token's rate (its own, else the gateway's): a token bucket of one second's worth of
    requests; past it -> 429 with ``Retry-After``.
 3. The body: JSON (another ``Content-Type`` -> 415: the gateway never unpickles), or on the
@@ -60,6 +65,10 @@ class TokenCache:
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._used: dict[str, float] = {}
         self._limiter = anyio.CapacityLimiter(2)
+
+    def known(self, token: str) -> bool:
+        """Whether ``token`` was verified lately (no PBKDF2 would run for it)."""
+        return hashlib.sha256(token.encode()).digest() in self._cache
 
     async def principal(self, token: str) -> Principal | None:
         key = hashlib.sha256(token.encode()).digest()
@@ -116,6 +125,45 @@ class RateLimiter:
             return (1.0 - level) / rate
 
 
+class FailureLimiter:
+    """Failed tokens per client address: a bucket of ``2 x per_min`` failures that refills at
+    ``per_min`` a minute. Pure state, given ``now``: :meth:`wait` before verifying an unknown
+    token, :meth:`fail` after one failed. At most ``size`` addresses are kept (the fullest
+    buckets, those that failed least lately, go first)."""
+
+    def __init__(self, per_min: float, size: int = 100_000) -> None:
+        if per_min <= 0:
+            raise ValueError(f"failed tokens per minute must be > 0, got {per_min}")
+        self.rate = per_min / 60.0
+        self.burst = max(1.0, 2.0 * per_min)
+        self.size = size
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _level(self, key: str, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self.burst
+        return min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+
+    def wait(self, key: str, now: float | None = None) -> float:
+        """0.0 when ``key`` may try a token now, else the seconds until it may."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            level = self._level(key, now)
+        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
+
+    def fail(self, key: str, now: float | None = None) -> None:
+        """``key`` presented a token that is not one."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            level = max(0.0, self._level(key, now) - 1.0)
+            self._buckets[key] = [level, now]
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self.size:
+                self._buckets.popitem(last=False)
+
+
 async def send_json(
     send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> None:
@@ -143,9 +191,11 @@ class Guard:
         max_body_bytes: int,
         max_binary_bytes: int | None = None,
         public: tuple[str, ...] = ("/healthz",),
+        failures: FailureLimiter | None = None,
     ) -> None:
         self.app = app
         self.tokens = tokens
+        self.failures = failures
         self.limiter = limiter
         self.rate_per_s = rate_per_s
         self.max_body_bytes = max_body_bytes
@@ -171,8 +221,22 @@ class Guard:
                           "(make one with 'hetfaas token create NAMESPACE')",
             }, {"WWW-Authenticate": "Bearer"})  # fmt: skip
             return
-        principal = await self.tokens.principal(auth[7:].strip().decode("latin-1"))
+        token = auth[7:].strip().decode("latin-1")
+        client = scope.get("client")
+        address = str(client[0]) if client else "?"
+        if self.failures is not None and not self.tokens.known(token):
+            wait = self.failures.wait(address)
+            if wait > 0:
+                await send_json(send, 429, {
+                    "error": "too_many_failed_tokens", "retry_after_s": round(wait, 3),
+                    "detail": f"too many invalid tokens from {address}: retry after "
+                              f"{wait:.1f} s",
+                }, {"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
+                return
+        principal = await self.tokens.principal(token)
         if principal is None:
+            if self.failures is not None:
+                self.failures.fail(address)
             await send_json(send, 401, {
                 "error": "unauthorized", "detail": "invalid or revoked token",
             }, {"WWW-Authenticate": 'Bearer error="invalid_token"'})  # fmt: skip
@@ -255,4 +319,6 @@ def _replay(body: bytes, then: Receive) -> Receive:
     return receive
 
 
-__all__ = ["PUBLIC_DASHBOARD", "PUBLIC_DOCS", "Guard", "RateLimiter", "TokenCache"]
+__all__ = [
+    "PUBLIC_DASHBOARD", "PUBLIC_DOCS", "FailureLimiter", "Guard", "RateLimiter", "TokenCache",
+]  # fmt: skip

@@ -219,6 +219,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow browsers from ORIGIN (CORS is off unless given); repeat",
     )
     p.add_argument(
+        "--failed-tokens",
+        type=float,
+        default=10.0,
+        metavar="PER_MIN",
+        help="invalid tokens a client address may send per minute, after a burst of twice "
+        "that (10; 0: no limit); past it 429 before any token is checked",
+    )
+    p.add_argument(
         "--callback-allow",
         action="append",
         default=[],
@@ -307,6 +315,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_inflight=args.max_inflight,
             cors_origins=tuple(args.cors_origin),
             callback_allow=tuple(args.callback_allow),
+            failed_tokens_per_min=args.failed_tokens or None,
             public_docs=not args.no_public_docs,
         )
         if args.host not in ("127.0.0.1", "localhost", "::1"):
