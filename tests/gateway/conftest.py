@@ -3,8 +3,10 @@ local pool and a SQLite store in a temporary folder (one per test module)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -49,23 +51,31 @@ class Tenant:
         return resp.json()
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    store = Store(tmp_path_factory.mktemp("gateway") / "gateway.db")
-    executor = hetfaas.Executor(capture_output=True)
-    app = create_app(
-        store,
-        executor,
-        allowed_modules=[FUNCS],
-        max_inflight=2,
-        purge_every_s=None,
-        grace_s=1.0,
-        max_body_bytes=200_000,
-        failed_tokens_per_min=None,  # the schema run sends hundreds of bad tokens (the
-    )  # fmt: skip                     limit's own tests: test_app.py)
+@contextlib.contextmanager
+def own_gateway(
+    db: Any, executor_options: dict[str, Any] | None = None, **options: Any
+) -> Iterator[Gateway]:
+    """A real gateway over the store file ``db`` on a local pool (``executor_options``; one
+    worker by default), with ``options`` for create_app; stopped, and its pool and store
+    closed, at the end."""
+    store = Store(db)
+    executor = hetfaas.Executor(**(executor_options or {"max_workers": 1}))
+    app = create_app(store, executor, **{"allowed_modules": [FUNCS], "purge_every_s": None,
+                                         "grace_s": 1.0, **options})  # fmt: skip
     server = BackgroundServer(app)
     server.start()
-    yield Gateway(server.url, store, app, executor)
-    server.stop()
-    executor.shutdown(wait=False, cancel_futures=True)
-    store.close()
+    try:
+        yield Gateway(server.url, store, app, executor)
+    finally:
+        server.stop()
+        executor.shutdown(wait=False, cancel_futures=True)
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    # failed tokens unlimited: the schema run sends hundreds (the limit: test_auth.py)
+    with own_gateway(tmp_path_factory.mktemp("gateway") / "gateway.db",
+                     {"capture_output": True}, max_inflight=2, max_body_bytes=200_000,
+                     failed_tokens_per_min=None) as gw:  # fmt: skip
+        yield gw

@@ -1,16 +1,12 @@
 """Failed tokens limited per client address (gateway/auth.py): the bucket as a pure function
 of time, then a real gateway over real TCP from two loopback addresses."""
 
-import contextlib
-
 import httpx
 import pytest
 
-import hetfaas
-from hetfaas.gateway import BackgroundServer, Store, create_app
 from hetfaas.gateway.auth import FailureLimiter
 
-from .conftest import FUNCS
+from .conftest import own_gateway
 
 
 def test_a_burst_of_failures_then_a_steady_rate_per_address():
@@ -42,22 +38,6 @@ def test_only_so_many_addresses_are_kept():
     assert len(lim._buckets) == 3
 
 
-@contextlib.contextmanager
-def _gateway(tmp_path, per_min):
-    store = Store(tmp_path / "gateway.db")
-    executor = hetfaas.Executor(max_workers=1)
-    app = create_app(store, executor, allowed_modules=[FUNCS], purge_every_s=None, grace_s=1.0,
-                     failed_tokens_per_min=per_min)  # fmt: skip
-    server = BackgroundServer(app)
-    server.start()
-    try:
-        yield server.url, store
-    finally:
-        server.stop()
-        executor.shutdown(wait=False, cancel_futures=True)
-        store.close()
-
-
 def _client(url, source, token=None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url, headers=headers, timeout=30,
@@ -65,7 +45,8 @@ def _client(url, source, token=None):
 
 
 def test_an_address_that_sends_bad_tokens_is_stopped_before_they_are_checked(tmp_path):
-    with _gateway(tmp_path, per_min=3) as (url, store):  # a burst of 6
+    with own_gateway(tmp_path / "gateway.db", failed_tokens_per_min=3) as gw:  # a burst of 6
+        url, store = gw.url, gw.store
         _, good = store.create_token("team")
         _, fresh = store.create_token("team")
         with _client(url, "127.0.0.1", good) as ok:

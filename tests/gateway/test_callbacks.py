@@ -10,13 +10,11 @@ import time
 
 import pytest
 
-import hetfaas
 from hetfaas.exceptions import ConfigurationError
-from hetfaas.gateway import BackgroundServer, Store, create_app
 from hetfaas.gateway.callbacks import CallbackPolicy, post_json
 from hetfaas.gateway.errors import BadInput, CallbackRefused
 
-from .conftest import FUNCS, Gateway
+from .conftest import own_gateway
 
 ip = ipaddress.ip_address
 
@@ -129,20 +127,10 @@ def test_a_post_is_made_a_redirect_is_not_followed_and_a_refused_host_not_reache
 
 @contextlib.contextmanager
 def _gateway(tmp_path, allow):
-    store = Store(tmp_path / "gateway.db")
-    executor = hetfaas.Executor(max_workers=1)
-    app = create_app(store, executor, allowed_modules=[FUNCS], purge_every_s=None, grace_s=1.0,
-                     callback_allow=allow)  # fmt: skip
-    server = BackgroundServer(app)
-    server.start()
-    try:
-        t = Gateway(server.url, store, app, executor).tenant()
+    with own_gateway(tmp_path / "gateway.db", callback_allow=allow) as gw:
+        t = gw.tenant()
         t.deploy("add")
         yield t
-    finally:
-        server.stop()
-        executor.shutdown(wait=False, cancel_futures=True)
-        store.close()
 
 
 def test_a_gateway_with_a_list_refuses_at_accept_and_delivers_where_it_says(tmp_path, hook):
