@@ -66,12 +66,18 @@ class TokenCache:
         self._used: dict[str, float] = {}
         self._limiter = anyio.CapacityLimiter(2)
 
-    def known(self, token: str) -> bool:
-        """Whether ``token`` was verified lately (no PBKDF2 would run for it)."""
-        return hashlib.sha256(token.encode()).digest() in self._cache
+    @staticmethod
+    def key(token: str) -> bytes:
+        """What the cache knows ``token`` by."""
+        return hashlib.sha256(token.encode()).digest()
 
-    async def principal(self, token: str) -> Principal | None:
-        key = hashlib.sha256(token.encode()).digest()
+    def known(self, key: bytes) -> bool:
+        """Whether the token of ``key`` was verified lately (no PBKDF2 would run for it)."""
+        return key in self._cache
+
+    async def principal(self, token: str, key: bytes | None = None) -> Principal | None:
+        """The token's principal, or None (``key``: :meth:`key` of it, if already made)."""
+        key = self.key(token) if key is None else key
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None:
@@ -224,7 +230,8 @@ class Guard:
         token = auth[7:].strip().decode("latin-1")
         client = scope.get("client")
         address = str(client[0]) if client else "?"
-        if self.failures is not None and not self.tokens.known(token):
+        key = self.tokens.key(token)
+        if self.failures is not None and not self.tokens.known(key):
             wait = self.failures.wait(address)
             if wait > 0:
                 await send_json(send, 429, {
@@ -233,7 +240,7 @@ class Guard:
                               f"{wait:.1f} s",
                 }, {"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
                 return
-        principal = await self.tokens.principal(token)
+        principal = await self.tokens.principal(token, key)
         if principal is None:
             if self.failures is not None:
                 self.failures.fail(address)
