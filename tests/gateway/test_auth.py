@@ -4,7 +4,7 @@ of time, then a real gateway over real TCP from two loopback addresses."""
 import httpx
 import pytest
 
-from hetfaas.gateway.auth import FailureLimiter
+from hetfaas.gateway.auth import FailureLimiter, RateLimiter
 
 from .conftest import own_gateway
 
@@ -35,7 +35,19 @@ def test_only_so_many_addresses_are_kept():
         lim.fail(key, now=0.0)
     assert lim.wait("a", now=0.0) == 0.0  # forgotten (the oldest): a fresh bucket
     assert lim.wait("d", now=0.0) == pytest.approx(60.0)  # kept: its burst of 2 is spent
-    assert len(lim._buckets) == 3
+    assert len(lim) == 3
+
+
+def test_a_token_rate_allows_one_seconds_worth_then_refills_at_its_rate():
+    lim = RateLimiter(size=2)
+    assert [lim.take("t", rate=4, now=0.0) for _ in range(4)] == [0.0] * 4
+    assert lim.take("t", rate=4, now=0.0) == pytest.approx(0.25)  # one request in 1/4 s
+    assert lim.take("t", rate=4, now=0.1) == pytest.approx(0.15)  # a refusal takes nothing
+    assert lim.take("t", rate=4, now=0.25) == 0.0
+    assert lim.take("slow", rate=0.5, now=0.0) == 0.0  # a burst of at least one request
+    assert lim.take("slow", rate=0.5, now=1.0) == pytest.approx(1.0)
+    assert lim.take("u", rate=4, now=0.3) == 0.0  # a third token: "t" is forgotten
+    assert [lim.take("t", rate=4, now=0.3) for _ in range(4)] == [0.0] * 4
 
 
 def _client(url, source, token=None):

@@ -106,68 +106,84 @@ class TokenCache:
             self.store.touch_token(principal.token_id)
 
 
+class Buckets:
+    """Token buckets by key, pure state given ``now``: a bucket holds at most ``burst``
+    tokens and refills at ``rate`` a second (both given per call, so that each key may have
+    its own). At most ``size`` keys are kept: those changed least lately go first (a
+    forgotten key starts again full)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _level(self, key: str, rate: float, burst: float, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return burst
+        return min(burst, bucket[0] + (now - bucket[1]) * rate)
+
+    def wait(self, key: str, rate: float, burst: float, now: float) -> float:
+        """0.0 when ``key`` holds a token now, else the seconds until it will (takes none)."""
+        with self._lock:
+            level = self._level(key, rate, burst, now)
+        return 0.0 if level >= 1.0 else (1.0 - level) / rate
+
+    def take(self, key: str, rate: float, burst: float, now: float, force: bool = False) -> float:
+        """Take one token: 0.0 when taken, else the seconds until one would be. ``force``:
+        take it anyway (the bucket empties, never below zero)."""
+        with self._lock:
+            level = self._level(key, rate, burst, now)
+            taken = level >= 1.0 or force
+            self._buckets[key] = (max(0.0, level - 1.0) if taken else level, now)
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self.size:
+                self._buckets.popitem(last=False)
+        return 0.0 if level >= 1.0 else (1.0 - level) / rate
+
+
 class RateLimiter:
-    """Token buckets, one per API token: ``rate`` requests/s with a burst of one second's
+    """Requests per API token: a bucket of ``rate`` requests/s with a burst of one second's
     worth (at least one request)."""
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, size: int = 100_000) -> None:
+        self._buckets = Buckets(size)
 
     def take(self, key: str, rate: float, now: float | None = None) -> float:
         """Take one request; 0.0 when allowed, else the seconds until one would be."""
         now = time.monotonic() if now is None else now
-        burst = max(1.0, rate)
-        with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = [burst, now]
-            level = min(burst, bucket[0] + (now - bucket[1]) * rate)
-            bucket[1] = now
-            if level >= 1.0:
-                bucket[0] = level - 1.0
-                return 0.0
-            bucket[0] = level
-            return (1.0 - level) / rate
+        return self._buckets.take(key, rate, max(1.0, rate), now)
 
 
 class FailureLimiter:
     """Failed tokens per client address: a bucket of ``2 x per_min`` failures that refills at
-    ``per_min`` a minute. Pure state, given ``now``: :meth:`wait` before verifying an unknown
-    token, :meth:`fail` after one failed. At most ``size`` addresses are kept (the fullest
-    buckets, those that failed least lately, go first)."""
+    ``per_min`` a minute. :meth:`wait` before verifying an unknown token, :meth:`fail` after
+    one failed. At most ``size`` addresses are kept (those that failed least lately go
+    first)."""
 
     def __init__(self, per_min: float, size: int = 100_000) -> None:
         if per_min <= 0:
             raise ValueError(f"failed tokens per minute must be > 0, got {per_min}")
         self.rate = per_min / 60.0
         self.burst = max(1.0, 2.0 * per_min)
-        self.size = size
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._buckets = Buckets(size)
 
-    def _level(self, key: str, now: float) -> float:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            return self.burst
-        return min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+    def __len__(self) -> int:
+        """How many addresses are kept."""
+        return len(self._buckets)
 
     def wait(self, key: str, now: float | None = None) -> float:
         """0.0 when ``key`` may try a token now, else the seconds until it may."""
         now = time.monotonic() if now is None else now
-        with self._lock:
-            level = self._level(key, now)
-        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
+        return self._buckets.wait(key, self.rate, self.burst, now)
 
     def fail(self, key: str, now: float | None = None) -> None:
         """``key`` presented a token that is not one."""
         now = time.monotonic() if now is None else now
-        with self._lock:
-            level = max(0.0, self._level(key, now) - 1.0)
-            self._buckets[key] = [level, now]
-            self._buckets.move_to_end(key)
-            while len(self._buckets) > self.size:
-                self._buckets.popitem(last=False)
+        self._buckets.take(key, self.rate, self.burst, now, force=True)
 
 
 async def send_json(
@@ -327,5 +343,6 @@ def _replay(body: bytes, then: Receive) -> Receive:
 
 
 __all__ = [
-    "PUBLIC_DASHBOARD", "PUBLIC_DOCS", "FailureLimiter", "Guard", "RateLimiter", "TokenCache",
+    "PUBLIC_DASHBOARD", "PUBLIC_DOCS", "Buckets", "FailureLimiter", "Guard", "RateLimiter",
+    "TokenCache",
 ]  # fmt: skip
