@@ -1,5 +1,6 @@
 """Pickling of calls: functions by digest, large buffers out of band."""
 
+import pickle
 import threading
 
 import numpy as np
@@ -64,6 +65,8 @@ def test_unpicklable_names_the_culprit():
     sink = serialize.BufferSink(None)
     with pytest.raises(SerializationError, match="keyword argument 'k'"):
         serialize.dumps_call_args("f", (1,), {"k": threading.Lock()}, sink)
+    with pytest.raises(SerializationError, match=r"argument 1 \(lock\) of f"):
+        serialize.dumps_call_args("f", (1, threading.Lock()), {})  # in band, as shipped
     with pytest.raises(SerializationError, match="function"):
         lock = threading.Lock()
         serialize.dump_function(lambda: lock)
@@ -90,3 +93,6 @@ def test_plain_arguments_and_the_rest_come_back_the_same():
         back_args, back_kwargs = serialize.loads(data, sink.descs, None)
         assert back_kwargs == kwargs
         assert back_args[0](1) == 2 if args[0] is f else back_args == args
+    arr = np.arange(100_000.0)  # with no sink its buffer stays in band
+    back_args, _ = pickle.loads(serialize.dumps_call_args("fn", (arr,), {}))
+    assert np.array_equal(back_args[0], arr)

@@ -207,13 +207,26 @@ def plain(obj: Any) -> bool:
 
 
 def dumps_call_args(
-    fn_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], sink: BufferSink
+    fn_name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    sink: BufferSink | None = None,
 ) -> bytes:
-    """Pickle (args, kwargs); on failure name the argument that could not be pickled."""
+    """Pickle (args, kwargs): plain values (:func:`plain`) with the standard pickler, others
+    with cloudpickle, their large buffers out of band to ``sink`` (None: all in band, for
+    bytes that leave this machine). A failure names the argument that cannot be pickled."""
     if not kwargs and plain(args):
         return pickle.dumps((args, kwargs), protocol=PROTOCOL)
+    what = f"the arguments of {fn_name}"
     try:
-        return dumps((args, kwargs), sink, what=f"the arguments of {fn_name}")
+        if sink is not None:
+            return dumps((args, kwargs), sink, what=what)
+        try:
+            return cloudpickle.dumps((args, kwargs), protocol=PROTOCOL)
+        except Exception as exc:
+            raise SerializationError(
+                f"{what} cannot be pickled: {type(exc).__name__}: {exc}"
+            ) from exc
     except SerializationError as exc:
         culprit = _find_unpicklable(args, kwargs)
         if culprit is None:

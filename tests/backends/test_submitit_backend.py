@@ -73,7 +73,7 @@ def test_remote_exception(sex):
 
 
 def test_bad_input_fails_at_submit(sex):
-    with pytest.raises(hetfaas.SerializationError, match="arguments of add"):
+    with pytest.raises(hetfaas.SerializationError, match=r"argument 1 \(lock\) of add"):
         sex.submit(fx.add, 1, threading.Lock())
     with pytest.raises(hetfaas.ResourceError, match="whole GPUs"):
         sex.options(gpus=0.5).submit(fx.add, 1, 1)

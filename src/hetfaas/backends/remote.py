@@ -29,7 +29,7 @@ from .._invocation import CallUsage, Stamps
 from .._resources import Resources
 from .._threads import ThreadPools
 from ..exceptions import SerializationError
-from ..serialize import dump_function, plain
+from ..serialize import dump_function, dumps_call_args
 from . import errors
 from .contract import complete as settle
 
@@ -63,15 +63,7 @@ class Payload:
         t0 = time.time_ns()
         digest, fn_bytes = dump_function(fn)
         name = getattr(fn, "__qualname__", None) or repr(fn)
-        try:
-            if not kwargs and plain(args):
-                data = pickle.dumps((args, kwargs), protocol=5)
-            else:
-                data = cloudpickle.dumps((args, kwargs), protocol=5)
-        except Exception as exc:
-            raise SerializationError(
-                f"the arguments of {name} cannot be pickled: {type(exc).__name__}: {exc}"
-            ) from exc
+        data = dumps_call_args(name, args, kwargs)
         paths = _caller_path()
         return cls(
             digest,
