@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from .._resources import Resources
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class Capacity(NamedTuple):
@@ -72,3 +75,10 @@ class Backend(ABC):
         """What the engine holds now, for metrics and dashboards: any of ``workers_starting``,
         ``workers_idle``, ``workers_busy``, ``queued``, ``running`` it can tell (none here)."""
         return {}
+
+    def deliver_on(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+        """Complete futures in ``loop``'s thread, from its own I/O wait, instead of a thread
+        of the engine's (an asyncio server that submits calls saves the hops between threads).
+        Returns the function that hands delivery back (call it before the loop stops), or
+        None when this engine does not deliver that way (it goes on as before)."""
+        return None

@@ -6,6 +6,8 @@ Measured on loopback, one after the other:
 2. a bare FastAPI echo route on the same uvicorn (its own process): the framework's floor;
 3. a blocking invoke of a no-op through the gateway (``hetfaas serve`` in its own process,
    on a fresh store, with the local backend): ``POST /v1/functions/noop/invoke``;
+4. the same gateway with ``--thread-delivery`` (results reach the server from the pool's
+   reader thread, not read by its event loop), side by side;
 
 each as sequential request latency (p50/p99), then blocking invokes/s from ``--clients``
 concurrent keep-alive connections for ``--seconds`` (and the echo route's requests/s under
@@ -218,8 +220,6 @@ def run_gateway_bench(
     batch: int = 1000, batches: int = 5, max_inflight: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The figures of the module's doc, as a dict."""
-    from ..gateway.store import Store
-
     out: dict[str, Any] = {"machine": machine.describe(), "calls": calls}
     out["local"] = bench_local(calls, backend)
     port = _free_port()
@@ -231,6 +231,29 @@ def run_gateway_bench(
     with _server(echo, port):
         out["echo"] = latency(port, "/echo", calls)
         out["echo_load"] = load(port, "/echo", clients, seconds)
+    out["max_inflight"] = max_inflight
+    out.update(_gateway(calls, clients, seconds, backend, batch, batches, max_inflight, []))
+    out["thread"] = _gateway(
+        calls, clients, seconds, backend, batch, batches, max_inflight, ["--thread-delivery"]
+    )
+    g, loc, e = out["gateway"], out["local"], out["echo"]
+    out["ratios"] = {
+        "gateway_minus_local_p50_us": g["p50_us"] - loc["p50_us"],
+        "gateway_over_local_p50": g["p50_us"] / loc["p50_us"],
+        "echo_over_local_p50": e["p50_us"] / loc["p50_us"],
+        "gateway_minus_echo_p50_us": g["p50_us"] - e["p50_us"],
+    }
+    return out
+
+
+def _gateway(
+    calls: int, clients: int, seconds: float, backend: str, batch: int, batches: int,
+    max_inflight: int | None, extra: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """One gateway on a fresh store: sequential latency, load, batch."""
+    from ..gateway.store import Store
+
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hetfaas-bench-gateway-") as tmp:
         store_path = Path(tmp) / "gateway.db"
         with Store(store_path) as s:
@@ -238,10 +261,10 @@ def run_gateway_bench(
         port = _free_port()
         argv = [sys.executable, "-m", "hetfaas.gateway", "serve", "--port", str(port),
                 "--store", str(store_path), "--backend", backend,
-                "--allow-module", "hetfaas.bench.gateway", "--log-level", "warning"]  # fmt: skip
+                "--allow-module", "hetfaas.bench.gateway", "--log-level", "warning",
+                *extra]  # fmt: skip
         if max_inflight:
             argv += ["--max-inflight", str(max_inflight)]
-        out["max_inflight"] = max_inflight
         with _server(argv, port):
             c = _Sync(port, token)
             status, body = c.post("/v1/functions", b'{"import_path": "hetfaas.bench.gateway:noop"}')
@@ -262,22 +285,17 @@ def run_gateway_bench(
                 rates.append(batch / (time.perf_counter() - t0))
             out["batch"] = {"items": batch, "items_per_s": statistics.median(rates)}
             c.close()
-    g, loc, e = out["gateway"], out["local"], out["echo"]
-    out["ratios"] = {
-        "gateway_minus_local_p50_us": g["p50_us"] - loc["p50_us"],
-        "gateway_over_local_p50": g["p50_us"] / loc["p50_us"],
-        "echo_over_local_p50": e["p50_us"] / loc["p50_us"],
-        "gateway_minus_echo_p50_us": g["p50_us"] - e["p50_us"],
-    }
     return out
 
 
 def format_table(res: dict[str, Any]) -> str:
     r = res["ratios"]
+    t = res["thread"]
     rows = [
         ("local backend: ex.submit(noop).result()", res["local"]),
         ("bare FastAPI echo route (uvicorn, HTTP)", res["echo"]),
         ("gateway blocking invoke (HTTP, store, pool)", res["gateway"]),
+        ("the same, --thread-delivery", t["gateway"]),
     ]
     lines = [
         f"# hetfaas bench gateway ({res['calls']} sequential calls each; loopback; gateway "
@@ -293,15 +311,20 @@ def format_table(res: dict[str, Any]) -> str:
         f"- gateway - bare echo, p50: {r['gateway_minus_echo_p50_us']:.0f} µs (what the "
         "gateway adds over the framework: auth, store writes, the pool)",
     ]
-    for name, key in (("gateway blocking invokes", "gateway_load"), ("bare echo", "echo_load")):
-        ld = res[key]
+    loads = (("gateway blocking invokes", res["gateway_load"]),
+             ("the same, --thread-delivery", t["gateway_load"]),
+             ("bare echo", res["echo_load"]))  # fmt: skip
+    for name, ld in loads:
         lines.append(
             f"- {name}: {ld['per_s']:,.0f}/s from {ld['clients']} clients (p50 "
             f"{ld['p50_us'] / 1e3:.2f} ms, p99 {ld['p99_us'] / 1e3:.2f} ms, "
             f"{ld['non_200']} not 200)"
         )
-    b = res["batch"]
-    lines.append(f"- batch invoke, {b['items']} no-ops with wait: {b['items_per_s']:,.0f} items/s")
+    b, tb = res["batch"], t["batch"]
+    lines.append(
+        f"- batch invoke, {b['items']} no-ops with wait: {b['items_per_s']:,.0f} items/s "
+        f"({tb['items_per_s']:,.0f} with --thread-delivery)"
+    )
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import datetime
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -150,6 +150,7 @@ def create_app(
     dashboard: bool = True,
     callback_allow: tuple[str, ...] | list[str] = (),
     failed_tokens_per_min: float | None = 10.0,
+    loop_delivery: bool = True,
 ) -> FastAPI:
     """The gateway's app over ``store`` and ``executor`` (neither is closed by the app).
 
@@ -161,7 +162,10 @@ def create_app(
     :mod:`.callbacks`). ``failed_tokens_per_min``: invalid tokens a client address may send
     (a burst of twice that first; ``None``: no limit; see :mod:`.auth`).
     ``public_docs``: serve the OpenAPI schema and docs without a token. ``metrics``: serve
-    ``/metrics`` for Prometheus (with a token; see :mod:`.metrics`).
+    ``/metrics`` for Prometheus (with a token; see :mod:`.metrics`). ``loop_delivery``: the
+    executor's backend completes its futures in the server's event loop when it can
+    (:meth:`~hetfaas.backends.base.Backend.deliver_on`; the local pool does), so a call's
+    end is recorded and answered without a hop between threads; False: in its own thread.
     """
     observer = None
     if metrics:
@@ -177,8 +181,16 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(engine.start, purge_every_s)
-        yield
-        await asyncio.to_thread(engine.stop, grace_s)
+        backend = getattr(executor, "backend", None)
+        hand_back = None
+        if loop_delivery and hasattr(backend, "deliver_on"):
+            hand_back = backend.deliver_on(asyncio.get_running_loop())
+        try:
+            yield
+            await asyncio.to_thread(engine.stop, grace_s)
+        finally:
+            if hand_back is not None:
+                hand_back()
 
     app = FastAPI(
         title="hetfaas gateway",
@@ -293,7 +305,7 @@ def create_app(
         futs: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
         def on_end(row: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(_settle, futs, row)
+            _call_in(loop, _settle, futs, row)
 
         try:
             ids, states_fut = engine.accept(
@@ -441,7 +453,7 @@ def create_app(
         futs = {i: loop.create_future() for i in ids}
 
         def on_end(row: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(_settle, futs, row)
+            _call_in(loop, _settle, futs, row)
 
         for i in ids:
             engine.listen(i, on_end)
@@ -518,7 +530,7 @@ def create_app(
         futs = {invocation_id: loop.create_future()}
 
         def on_end(row: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(_settle, futs, row)
+            _call_in(loop, _settle, futs, row)
 
         engine.listen(invocation_id, on_end)
         try:
@@ -609,6 +621,20 @@ def _wait_param(raw: str | None, default: float, most: float) -> float:
     if not 0 <= wait <= most:
         raise BadInput(f"wait must be a number of seconds in [0, {most:g}], got {raw!r}")
     return wait
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` at ``loop``'s next turn: from its own thread (a call's end delivered in
+    the loop, see ``loop_delivery``) without waking it through its self-pipe. (Never at once:
+    an end may come inside the ``accept`` that registered its listener.)"""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        loop.call_soon(fn, *args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _settle(futs: dict[str, asyncio.Future[dict[str, Any]]], row: dict[str, Any]) -> None:

@@ -192,6 +192,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="calls handed to the backend at once (default: its max_workers)",
     )
     p.add_argument(
+        "--thread-delivery",
+        action="store_true",
+        help="results reach the server from the backend's thread, not its event loop "
+        "(slower; for comparison)",
+    )
+    p.add_argument(
         "--max-wait",
         type=float,
         default=300.0,
@@ -317,6 +323,7 @@ def run_serve(args: argparse.Namespace) -> int:
             callback_allow=tuple(args.callback_allow),
             failed_tokens_per_min=args.failed_tokens or None,
             public_docs=not args.no_public_docs,
+            loop_delivery=not args.thread_delivery,
         )
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(

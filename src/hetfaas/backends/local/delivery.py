@@ -11,6 +11,13 @@ a raw pipe round trip; the background reader thread steps in when nobody has wai
 ``READER_NAP_S`` (for callbacks, ``as_completed``, timers and queued calls). With nothing in
 flight the thread parks in a poll of the sockets, so that a worker that dies while idle is
 replaced at once.
+
+An asyncio server (the gateway) can take the read role for good with :meth:`deliver_on`:
+its loop watches the pool's epoll descriptor and reads the replies itself, timers run as
+the loop's own, and other threads that wait on a future let the loop deliver it. Every hop
+between threads on a call's way back is gone then (a reply, its end written to the store,
+the response sent: one thread). The reader thread stays as a watchman: if the loop stops
+without handing delivery back, it takes over.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ... import serialize
@@ -34,9 +42,23 @@ from ..contract import complete
 from . import protocol as P
 from .records import BUSY, IDLE, STARTING, CallRecord, WorkerHandle, release_result
 
+if TYPE_CHECKING:
+    import asyncio
+
 _log = logging.getLogger("hetfaas.backends.local.pool")
 _READER = "reader-thread"
+_LOOP = "event-loop"
 READER_NAP_S = 0.05  # the background reader steps in this long after the last waiter left
+LOOP_CHECK_S = 1.0  # how often the reader thread checks that a delivering loop still runs
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    import asyncio  # only where a loop delivers (the pool's import stays light)
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class ReplyDelivery:
@@ -63,6 +85,11 @@ class ReplyDelivery:
     _start_exits: int
     _start_kills: int
     _attach: Any
+    _loop: asyncio.AbstractEventLoop | None
+    _loop_thread: int | None
+    _loop_timer: asyncio.TimerHandle | None
+    _loop_reader: bool  # the loop still watches the poller (its removal is pending)
+    _loop_off: threading.Event
 
     if TYPE_CHECKING:  # the pool's own, and its lifecycle's
 
@@ -94,6 +121,14 @@ class ReplyDelivery:
         """One round of the reader thread; True when the pool is closed and drained."""
         if self._closed and not self._by_fd:
             return True
+        loop = self._loop
+        if loop is not None:  # the loop delivers: only check that it still runs
+            if not self._loop_off.wait(LOOP_CHECK_S) and (
+                loop.is_closed() or not loop.is_running()
+            ):
+                _log.warning("hetfaas: the loop that read the pool's replies stopped")
+                self._release_loop(loop)
+            return False
         with self._lock:
             idle = not any(self._queues.values()) and not any(
                 w.inflight or w.state == STARTING for w in self._workers.values()
@@ -134,7 +169,10 @@ class ReplyDelivery:
 
     def _wait_for(self, fut: Future, deadline: float | None) -> None:
         """Waiter hook: the thread waiting on ``fut`` reads replies itself (leader/follower),
-        which saves the hop through the reader thread."""
+        which saves the hop through the reader thread. While a loop delivers (see
+        :meth:`deliver_on`), other threads leave the reading to it."""
+        if self._loop is not None and self._loop_thread != threading.get_ident():
+            return  # Future.result waits on its condition; the loop completes it
         with self._lock:
             self._waiting += 1
         try:
@@ -165,6 +203,91 @@ class ReplyDelivery:
             with self._lock:
                 self._waiting -= 1
                 self._last_wait = time.monotonic()
+
+    def deliver_on(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+        """Read the workers' replies in ``loop`` (call this in the loop's thread): futures
+        complete there, and so do their callbacks. Returns the function that hands
+        delivery back to the pool's own thread (call it before the loop stops); None when
+        another loop delivers already or the pool is shut down."""
+        running = _running_loop()
+        if running is not loop:
+            raise RuntimeError("deliver_on(loop) must be called in the loop's thread")
+        with self._lock:
+            if self._loop is not None or self._loop_reader or self._closing:
+                return None
+            self._loop, self._loop_thread, self._loop_reader = loop, threading.get_ident(), True
+            self._loop_off.clear()
+            self._parked = False  # a parked reader thread steps aside (a poke wakes it)
+            self._unpark.set()
+        loop.add_reader(self._poller.fileno(), self._loop_pump)
+        self._poke()
+        loop.call_soon(self._loop_pump)
+        return lambda: self._release_loop(loop)
+
+    def _loop_pump(self) -> None:
+        """In the loop: the pool's poller is readable, or a timer is due."""
+        loop = self._loop
+        if loop is None:
+            return  # handed back (the reader's removal is queued)
+        if self._role.acquire(blocking=False):
+            try:
+                self._role_owner = _LOOP
+                self._poll_once(0)
+                with self._lock:
+                    timer = self._next_timer()
+            finally:
+                self._role_owner = None
+                self._role.release()
+        else:  # a thread reads now (a waiter from before, the reader thread stepping
+            timer = 0.001  # aside): what it read may change the timers, so look again soon
+        handle = self._loop_timer
+        if timer is None:
+            if handle is not None:
+                handle.cancel()
+                self._loop_timer = None
+            return
+        due = loop.time() + timer
+        if handle is not None:
+            if abs(handle.when() - due) < 0.0005:
+                return
+            handle.cancel()
+        self._loop_timer = loop.call_at(due, self._loop_tick)
+
+    def _loop_tick(self) -> None:
+        self._loop_timer = None  # this one has run
+        self._loop_pump()
+
+    def _release_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand delivery back from ``loop`` to the reader thread (any thread)."""
+        with self._lock:
+            if self._loop is not loop:
+                return
+            self._loop = self._loop_thread = None
+            timer, self._loop_timer = self._loop_timer, None
+            self._loop_off.set()
+
+        def drop() -> None:  # in the loop
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self._poller.fileno())
+            if timer is not None:
+                timer.cancel()
+            self._dropped_loop()
+
+        running = _running_loop()
+        if running is loop:
+            drop()
+        else:
+            try:
+                loop.call_soon_threadsafe(drop)
+            except RuntimeError:  # the loop is closed: it watches nothing any more
+                self._dropped_loop()
+        self._poke()
+
+    def _dropped_loop(self) -> None:
+        with self._lock:
+            self._loop_reader = False
+            if self._closed:  # the pool shut down meanwhile: its poller can go now
+                self._poller.close()
 
     def _poll_once(self, timeout: float | None) -> None:
         """Wait for replies and handle them (only the holder of ``_role`` calls this)."""

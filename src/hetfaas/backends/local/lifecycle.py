@@ -22,7 +22,6 @@ import itertools
 import logging
 import os
 import pickle
-import select
 import signal
 import socket
 import struct
@@ -125,7 +124,7 @@ class WorkerLifecycle:
         w.pid = w.proc.pid
         self._workers[index] = w
         self._by_fd[w.fd] = w
-        self._poller.register(w.fd, select.POLLIN)
+        self._poller.register(w.fd)
         self._poke()
         if self._parked:  # someone must read its READY message
             self._parked = False
@@ -177,7 +176,7 @@ class WorkerLifecycle:
     def _forget_worker(self, w: WorkerHandle) -> None:
         self._workers.pop(w.index, None)
         if self._by_fd.pop(w.fd, None) is not None:
-            with contextlib.suppress(KeyError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
                 self._poller.unregister(w.fd)
         with contextlib.suppress(OSError):
             w.conn.close()

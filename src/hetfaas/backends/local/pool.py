@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import pickle
-import select
 import signal
 import struct
 import subprocess
@@ -147,7 +146,7 @@ class LocalBackend(ReplyDelivery, WorkerLifecycle, Backend):
         self._workers: dict[int, WorkerHandle] = {}
         self._fn_ns: dict[bytes, float] = {}  # compute time per function (moving average)
         self._by_fd: dict[int, WorkerHandle] = {}
-        self._poller = select.poll()
+        self._poller = P.Poller()
         self._lock = threading.RLock()
         self._closing = False
         self._closed = False
@@ -164,13 +163,18 @@ class LocalBackend(ReplyDelivery, WorkerLifecycle, Backend):
         self.replacement_ns: deque[int] = deque(maxlen=10_000)  # death seen -> replacement ready
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._poller.register(self._wake_r, select.POLLIN)
+        self._poller.register(self._wake_r)
         self._role = threading.Lock()  # who may read the workers' sockets
         self._role_owner: object = None
         self._waiting = 0
         self._parked = False
         self._unpark = threading.Event()
         self._last_wait = 0.0
+        self._loop: Any = None  # an asyncio loop that reads the replies (see deliver_on)
+        self._loop_thread: int | None = None
+        self._loop_timer: Any = None
+        self._loop_reader = False
+        self._loop_off = threading.Event()
         self._scaler: Autoscaler | None = None
         self._scale_key: tuple[int, ...] = ()  # the GPUs of the workers the autoscaler starts
         self.scale_log: deque[tuple[int, Any, int]] = deque(maxlen=100_000)
@@ -225,17 +229,18 @@ class LocalBackend(ReplyDelivery, WorkerLifecycle, Backend):
             for call in prepared:
                 self._queues[call.resources.gpus > 0].append(call)
             self._drain()
-            if self._parked:
-                self._parked = False
+            parked, self._parked = self._parked, False
+            if parked:
                 self._unpark.set()
-                # The parked reader polls the workers' sockets already, so it hears these
-                # calls' replies: it is woken (a thread switch on a core the calls may need)
-                # only when its poll's timeout must change: a call with a time limit, or calls
-                # left waiting. (A worker started for them pokes it in _spawn.)
-                if any(self._queues.values()) or any(
-                    c.resources.timeout_s is not None for c in prepared
-                ):
-                    self._poke()
+            # A parked reader, or a delivering loop, polls the workers' sockets already, so it
+            # hears these calls' replies: it is woken (a thread switch on a core the calls may
+            # need) only when its poll's timeout must change: a call with a time limit, or
+            # calls left waiting. (A worker started for them pokes it in _spawn.)
+            if (parked or self._loop is not None) and (
+                any(self._queues.values())
+                or any(c.resources.timeout_s is not None for c in prepared)
+            ):
+                self._poke()
 
     def warmup(self, n: int, resources: Resources) -> None:
         """Start workers for ``resources`` until ``n`` exist, and wait until they are ready."""
@@ -332,6 +337,9 @@ class LocalBackend(ReplyDelivery, WorkerLifecycle, Backend):
             if self._closed:
                 return
             self._closing = True
+            loop = self._loop
+        if loop is not None:  # the reader thread delivers what is left
+            self._release_loop(loop)
         if cancel_futures:
             self.cancel_pending()
         if wait:
@@ -371,6 +379,9 @@ class LocalBackend(ReplyDelivery, WorkerLifecycle, Backend):
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        with self._lock:
+            if not self._loop_reader:  # else the loop closes it once it stopped watching it
+                self._poller.close()
         _live_pools.discard(self)
 
     # ------------------------------------------------------------------ scheduling

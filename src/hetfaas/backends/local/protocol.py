@@ -45,6 +45,32 @@ CONTROL_SLOT = 32  # bytes per worker in the control segment (see above)
 _HEADER = struct.Struct("!Q")
 
 
+class Poller:
+    """The set of sockets the caller reads (the workers' and a wake-up pipe): an epoll, so
+    one descriptor, :meth:`fileno`, is readable when any of them is (an asyncio loop can
+    watch the whole pool with one reader). ``poll`` takes milliseconds, -1 to block."""
+
+    __slots__ = ("_ep",)
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+
+    def register(self, fd: int) -> None:
+        self._ep.register(fd, select.EPOLLIN)
+
+    def unregister(self, fd: int) -> None:
+        self._ep.unregister(fd)
+
+    def poll(self, ms: int) -> list[tuple[int, int]]:
+        return self._ep.poll(-1 if ms < 0 else ms / 1000)
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def close(self) -> None:
+        self._ep.close()
+
+
 class Channel:
     """Length-prefixed messages over a stream socket (one per worker).
 
@@ -128,4 +154,8 @@ class Channel:
         return out
 
     def close(self) -> None:
-        os.close(self.fd)
+        """Close once: a second close (a death seen while the pool stops the worker) must not
+        close a descriptor the process has opened since under the same number."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
